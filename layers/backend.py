@@ -1,0 +1,78 @@
+"""Configure Theano before its first import, then re-export it.
+
+Theano reads its configuration once, at import, from ``THEANO_FLAGS`` and ``~/.theanorc``.
+This module puts our defaults *in front of* the user's ``THEANO_FLAGS`` (Theano lets the
+later value of a key win) and skips any key the user set in ``.theanorc``:
+
+- ``floatX=float32``: the model is float32 throughout, as the original.
+- ``blas.ldflags``: the 32-bit-integer OpenBLAS from the PyPI wheel ``scipy-openblas32``.
+  numpy's own bundled OpenBLAS is ILP64 with suffixed symbols, which Theano cannot call.
+  The wheel prefixes its symbols with ``scipy_``; Theano passes non ``-l/-L`` tokens of
+  ``blas.ldflags`` to the compiler, so ``-Dsgemm_=scipy_sgemm_`` renames the calls.
+- ``base_compiledir``: a cache folder of our own, so that these flags never mix with
+  modules compiled under other settings.
+"""
+import configparser
+import ctypes
+import os
+import sys
+
+# BLAS routines Theano's C code calls (theano/tensor/blas*.py, nnet/corr*.py).
+_BLAS_ROUTINES = ("gemm", "gemv", "ger", "dot", "axpy", "scal", "copy")
+
+
+def _openblas_ldflags():
+    try:
+        import scipy_openblas32
+    except ImportError:
+        return None
+    libdir = scipy_openblas32.get_lib_dir()
+    # Load it process-wide now, so that Theano's compiled modules find it by soname
+    # at dlopen time (THEANO_FLAGS cannot carry the commas of an -rpath linker flag).
+    ctypes.CDLL(os.path.join(libdir, "libscipy_openblas.so"), mode=ctypes.RTLD_GLOBAL)
+    renames = " ".join(f"-D{p}{r}_=scipy_{p}{r}_" for r in _BLAS_ROUTINES for p in "sd")
+    return f"-L{libdir} -lscipy_openblas {renames}"
+
+
+def _user_theanorc_keys():
+    """Keys (``section.option``) set in the user's .theanorc files."""
+    paths = os.environ.get("THEANORC", os.path.expanduser("~/.theanorc")).split(os.pathsep)
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read([p for p in paths if os.path.isfile(p)])
+    keys = set()
+    for section in parser.sections():
+        prefix = "" if section == "global" else section + "."
+        keys.update(prefix + option for option in parser.options(section))
+    return keys
+
+
+def default_flags():
+    """Our defaults as a dict of Theano flag name -> value."""
+    flags = {
+        "floatX": "float32",
+        "base_compiledir": os.path.join(os.path.expanduser("~"), ".cache", "iaf-theano"),
+    }
+    # Always set: Theano's own BLAS detection fails with numpy >= 1.22 (no blas_opt_info);
+    # empty means Theano's slower fallback built on numpy's C API.
+    flags["blas.ldflags"] = _openblas_ldflags() or ""
+    return flags
+
+
+def configure():
+    if "theano" in sys.modules:
+        return  # too late to change flags; whoever imported Theano first decided them
+    user_keys = _user_theanorc_keys()
+    ours = [f"{k}={v}" for k, v in default_flags().items() if k not in user_keys]
+    user = os.environ.get("THEANO_FLAGS", "")
+    os.environ["THEANO_FLAGS"] = ",".join(ours + ([user] if user else []))
+    # Theano's graph optimiser and pickler recurse once per node; deep models need room.
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+
+
+configure()
+
+import theano  # noqa: E402
+import theano.tensor as T  # noqa: E402
+from theano.sandbox.rng_mrg import MRG_RandomStreams  # noqa: E402,F401
+
+floatX = theano.config.floatX

@@ -1,0 +1,138 @@
+"""Weight-normalised convolution with the pad channel (SPEC §2), and 2x resampling.
+
+A layer is a small object: its constructor creates its parameters (Theano shared variables)
+in the model's parameter dict; calling it with an input and *a* parameter dict (the trained
+weights, their Polyak averages, or a `DataInit`) applies it.
+"""
+import numpy as np
+
+from .backend import T, floatX, theano
+
+
+def shared(value):
+    return theano.shared(np.asarray(value, dtype=floatX))
+
+
+def split_shared_name(name):
+    """Names of the per-layer and of the (possibly shared) weight parameters.
+
+    The original marks weight sharing inside a layer name: ``'[sharedw]0_1[/sharedw]_up_conv2'``
+    is layer ``0_1_up_conv2`` whose weight is stored as ``[s]_up_conv2`` (SPEC §6).
+    """
+    if "[sharedw]" not in name:
+        return name, name
+    head, rest = name.split("[sharedw]")
+    index, tail = rest.split("[/sharedw]")
+    return head + index + tail, head + "[s]" + tail
+
+
+class DataInit(dict):
+    """A parameter dict that switches every convolution to data-dependent initialisation.
+
+    Each convolution normalises its output by its own batch statistics and records the
+    scale ``s`` and bias ``b`` that give that normalisation (SPEC §2, §3). Compiling the
+    recorded expressions gives all of them from one call on the init batch.
+    """
+
+    def __init__(self, params):
+        super().__init__(params)
+        self.records = []  # (conv, s, b, ok) with ok = no channel had std 0
+
+    def normalise(self, conv, h, target_std, eps):
+        std = h.std(axis=(0, 2, 3))
+        ok = T.all(T.neq(std, 0))
+        scale = std / target_std + eps
+        h_scaled = h / scale.dimshuffle("x", 0, "x", "x")
+        mean = h_scaled.mean(axis=(0, 2, 3))
+        self.records.append((conv, -T.log(scale) / 3, -mean, ok))
+        return T.switch(ok, h_scaled - mean.dimshuffle("x", 0, "x", "x"), h)
+
+
+def depth_to_space(h, factor):
+    """(N, C*f*f, H, W) -> (N, C, H*f, W*f), channel blocks become f x f pixel blocks."""
+    n, c, height, width = h.shape
+    h = h.reshape((n, c // factor**2, factor, factor, height, width))
+    h = h.dimshuffle(0, 1, 4, 2, 5, 3)
+    return h.reshape((n, c // factor**2, height * factor, width * factor))
+
+
+def avg_pool2(x):
+    """2x2 average pooling (the original calls it nearest-neighbour downsampling)."""
+    n, c, height, width = x.shape
+    return x.reshape((n, c, height // 2, 2, width // 2, 2)).mean(axis=5).mean(axis=3)
+
+
+def upsample_nn2(x):
+    """2x nearest-neighbour upsampling."""
+    return x.repeat(2, axis=2).repeat(2, axis=3)
+
+
+def border_image(height, width, pad_h, pad_w):
+    """The pad channel for an input of this size: 1 on the padded border, 0 inside."""
+    border = T.ones((1, 1, height + 2 * pad_h, width + 2 * pad_w), dtype=floatX)
+    return T.set_subtensor(border[:, :, pad_h:pad_h + height, pad_w:pad_w + width], 0)
+
+
+class Conv2d:
+    """Weight-normalised convolution ``conv2d(name, n_in, n_out, kernel, downsample, upsample)``.
+
+    Parameters ``{name}_w (n_out*up^2, n_in+1, kh, kw)``, ``{name}_b``, ``{name}_s``; the
+    effective kernel is ``w / ||w|| * exp(3 s)``. The input is zero-padded by (k-1)/2 and
+    gets one extra channel that is 1 on the padded border (none for 1x1 kernels); then a
+    true (flipped) 'valid' convolution with stride ``downsample``, ``+ b``, and
+    ``depth_to_space`` by ``upsample``.
+    """
+
+    init_target_std = 0.1
+    init_eps = 1e-7
+    norm_eps = 0.0
+
+    def __init__(self, params, rng, name, n_in, n_out, kernel, downsample=1, upsample=1):
+        self.name, name_w = split_shared_name(name)
+        kh, kw = kernel
+        if kh % 2 == 0 or kw % 2 == 0:
+            raise ValueError(f"{self.name}: kernel {kernel} must have odd sizes")
+        self.n_in, self.n_out = n_in, n_out
+        self.pad = ((kh - 1) // 2, (kw - 1) // 2)
+        self.has_pad_channel = kh > 1 or kw > 1
+        self.downsample, self.upsample = downsample, upsample
+        shape = (n_out * upsample**2, n_in + int(self.has_pad_channel), kh, kw)
+        self.w_name, self.b_name, self.s_name = name_w + "_w", self.name + "_b", self.name + "_s"
+        params[self.w_name] = shared(self.initial_weights(rng, shape))
+        params[self.b_name] = shared(np.zeros(shape[0]))
+        params[self.s_name] = shared(np.zeros(shape[0]))
+
+    def initial_weights(self, rng, shape):
+        return 0.05 * rng.randn(*shape)
+
+    def direction(self, w):
+        """The unit-norm kernel ``w / ||w||`` (norm per output channel)."""
+        v = w[self.w_name]
+        return v / (T.sqrt(T.sqr(v).sum(axis=(1, 2, 3), keepdims=True)) + self.norm_eps)
+
+    def kernel(self, w):
+        return self.direction(w) * T.exp(3 * w[self.s_name]).dimshuffle(0, "x", "x", "x")
+
+    def __call__(self, x, w):
+        kernel = self.kernel(w)
+        stride = (self.downsample, self.downsample)
+        if self.has_pad_channel:
+            # The pad channel is constant, so its contribution is a fixed border term:
+            # convolve it once as a 1-image batch and broadcast, instead of concatenating
+            # a channel to every input (same sum, far less memory traffic).
+            border = border_image(x.shape[2], x.shape[3], *self.pad)
+            h = T.nnet.conv2d(x, kernel[:, :-1], border_mode=self.pad, subsample=stride)
+            border_term = T.nnet.conv2d(border, kernel[:, -1:], subsample=stride)
+            h = h + T.addbroadcast(border_term, 0)
+        else:
+            h = T.nnet.conv2d(x, kernel, subsample=stride)
+        h = h + w[self.b_name].dimshuffle("x", 0, "x", "x")
+        if isinstance(w, DataInit):
+            h = w.normalise(self, h, self.init_target_std, self.init_eps)
+        if self.upsample > 1:
+            h = depth_to_space(h, self.upsample)
+        return h
+
+    def remask(self, new_w):
+        """Projection applied to this layer's weight after each optimiser step."""
+        return new_w

@@ -1,0 +1,144 @@
+"""Autoregressive (masked) convolutions and the IAF networks built from them (SPEC §3, §4)."""
+import numpy as np
+
+from .backend import T, floatX
+from .conv import Conv2d
+from .nonlinearities import nonlinearity
+
+
+def ar_mask(n_out, n_in, kernel, zerodiagonal, flipmask):
+    """Mask ``(n_out, n_in+1, kh, kw)`` of an autoregressive conv (last input = pad channel).
+
+    With a true (flipped) convolution, output pixel (y, x) then sees only inputs above it,
+    left of it in its row, and at the same pixel only "earlier" channels: output channel
+    group ``i`` (of ``n_out/n_in`` channels) sees input channels ``< i`` (``<= i`` unless
+    ``zerodiagonal``); when ``n_out < n_in``, output ``i`` sees input groups ``< i``.
+    """
+    kh, kw = kernel
+    has_pad_channel = kh > 1 or kw > 1
+    if n_out % n_in and n_in % n_out:
+        raise ValueError(f"a masked convolution needs one of n_in={n_in}, n_out={n_out} "
+                         f"to divide the other")
+    l, m = (kh - 1) // 2, (kw - 1) // 2
+    mask = np.ones((n_out, n_in + int(has_pad_channel), kh, kw), dtype=floatX)
+    mask[:, :, :l, :] = 0
+    mask[:, :, l, :m] = 0
+    centre = mask[:, :, l, m]
+    if n_out >= n_in:
+        k = n_out // n_in
+        for i in range(n_in):
+            centre[i * k:(i + 1) * k, i + 1:] = 0
+            if zerodiagonal:
+                centre[i * k:(i + 1) * k, i] = 0
+    else:
+        k = n_in // n_out
+        for i in range(n_out):
+            centre[i, (i + 1) * k:] = 0
+            if zerodiagonal:
+                centre[i, i * k:(i + 1) * k] = 0
+    if flipmask:
+        mask = mask[::-1, ::-1, ::-1, ::-1].copy()
+    return mask
+
+
+class MaskedConv2d(Conv2d):
+    """``ar_conv2d``: a `Conv2d` whose weight is multiplied by `ar_mask` wherever it is used.
+
+    Differences from `Conv2d` (SPEC §3): the norm gets ``+1e-8`` (a fully masked output
+    channel has norm 0), and data-dependent init targets std 1 rather than 0.1.
+    """
+
+    init_target_std = 1.0
+    init_eps = 0.0
+    norm_eps = 1e-8
+
+    def __init__(self, params, rng, name, n_in, n_out, kernel, zerodiagonal=True,
+                 flipmask=False):
+        self.mask = ar_mask(n_out, n_in, kernel, zerodiagonal, flipmask)
+        super().__init__(params, rng, name, n_in, n_out, kernel)
+
+    def initial_weights(self, rng, shape):
+        return self.mask * super().initial_weights(rng, shape)
+
+    def direction(self, w):
+        # The original also zeroes the centre tap of the first output group before the
+        # norm; the mask already holds those entries at 0, so that step changes nothing.
+        v = self.mask * w[self.w_name]
+        return v / (T.sqrt(T.sqr(v).sum(axis=(1, 2, 3), keepdims=True)) + self.norm_eps)
+
+    def remask(self, new_w):
+        return self.mask * new_w
+
+
+def _as_list(n_out):
+    return list(n_out) if isinstance(n_out, (list, tuple)) else [n_out]
+
+
+class IAFNetwork:
+    """``ar_multiconv2d``: masked hidden convs with a context input, then masked outputs.
+
+    Hidden layer i: ``MaskedConv2d(f"{name}_{i}", zerodiagonal=False)`` then the nonlinearity,
+    with ``context`` added to the first hidden pre-activation. Outputs j:
+    ``MaskedConv2d(f"{name}_out_{j}", zerodiagonal=True)``. Returns one tensor if ``n_out``
+    is an int, else a list (SPEC §4).
+    """
+
+    def __init__(self, params, rng, name, n_in, n_hidden, n_out, kernel, flipmask=False,
+                 nl="elu"):
+        sizes = [n_in] + list(n_hidden)
+        self.single_output = not isinstance(n_out, (list, tuple))
+        self.nl = nonlinearity(nl)
+        self.hidden = [MaskedConv2d(params, rng, f"{name}_{i}", sizes[i], sizes[i + 1], kernel,
+                                    zerodiagonal=False, flipmask=flipmask)
+                       for i in range(len(n_hidden))]
+        self.outputs = [MaskedConv2d(params, rng, f"{name}_out_{j}", sizes[-1], n, kernel,
+                                     zerodiagonal=True, flipmask=flipmask)
+                        for j, n in enumerate(_as_list(n_out))]
+
+    @property
+    def convs(self):
+        return self.hidden + self.outputs
+
+    def __call__(self, z, context, w):
+        h = z
+        for i, conv in enumerate(self.hidden):
+            h = conv(h, w)
+            if i == 0:
+                h = h + context
+            h = self.nl(h)
+        out = [conv(h, w) for conv in self.outputs]
+        return out[0] if self.single_output else out
+
+
+class MaskedResNet:
+    """``ar.resnet``: the deep IAF of the ``*_deep`` posteriors.
+
+    ``{name}_input`` (masked, n_in -> n_h) plus context, then ``depth`` residual blocks
+    ``h + 0.1 * conv2(nl(conv1(nl(h))))`` of masked n_h -> n_h convs ``{name}_{i}_conv{1,2}``,
+    then masked outputs ``{name}_out_{j}``.
+    """
+
+    def __init__(self, params, rng, name, depth, n_in, n_h, n_out, kernel, flipmask=False,
+                 nl="elu"):
+        self.single_output = not isinstance(n_out, (list, tuple))
+        self.nl = nonlinearity(nl)
+        self.input = MaskedConv2d(params, rng, f"{name}_input", n_in, n_h, kernel,
+                                  zerodiagonal=False, flipmask=flipmask)
+        # The original builds the blocks without passing flipmask on.
+        self.blocks = [tuple(MaskedConv2d(params, rng, f"{name}_{i}_conv{c}", n_h, n_h, (3, 3),
+                                          zerodiagonal=False) for c in (1, 2))
+                       for i in range(depth)]
+        self.outputs = [MaskedConv2d(params, rng, f"{name}_out_{j}", n_h, n, kernel,
+                                     zerodiagonal=True, flipmask=flipmask)
+                        for j, n in enumerate(_as_list(n_out))]
+
+    @property
+    def convs(self):
+        return [self.input] + [c for block in self.blocks for c in block] + self.outputs
+
+    def __call__(self, z, context, w):
+        h = self.input(z, w) + context
+        for conv1, conv2 in self.blocks:
+            h = h + 0.1 * conv2(self.nl(conv1(self.nl(h), w)), w)
+        out = [conv(h, w) for conv in self.outputs]
+        return out[0] if self.single_output else out

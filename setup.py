@@ -1,0 +1,26 @@
+"""Install: ``pip install -e .`` (Python 3.8-3.11; Theano 1.0.5 imports distutils).
+
+Pins that work together: Theano 1.0.5 needs numpy < 1.24 (it uses ``np.bool``), so numpy
+1.23.5. BLAS comes from the ``scipy-openblas32`` wheel (see layers/backend.py). scipy is
+not needed: we only use Theano's compiled C modes; its Python-mode convolution would need
+an old scipy (``pip install scipy==1.10.1``) and is never selected by this code.
+"""
+from setuptools import setup
+
+setup(
+    name="iaf-theano",
+    version="0.1.0",
+    description="Faithful Python 3 reproduction of 'Improving Variational Inference with "
+                "Inverse Autoregressive Flow' (Kingma et al. 2016), in Theano, on the CPU",
+    python_requires=">=3.8,<3.12",
+    packages=["layers", "models", "data", "configs"],
+    py_modules=["train"],
+    install_requires=[
+        "numpy==1.23.5",
+        "Theano==1.0.5",
+        "scipy-openblas32>=0.3.27",
+        "sacred==0.8.7",
+        "six>=1.16",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+)
