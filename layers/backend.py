@@ -67,6 +67,9 @@ def configure():
     os.environ["THEANO_FLAGS"] = ",".join(ours + ([user] if user else []))
     # Theano's graph optimiser and pickler recurse once per node; deep models need room.
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+    # Theano's Cython loop for scan does not compile on Python >= 3.11 (longintrepr.h
+    # moved); a failed import makes scan use its Python loop instead, which works.
+    sys.modules.setdefault("theano.scan_module.scan_perform_ext", None)
 
 
 configure()

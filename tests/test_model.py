@@ -1,0 +1,279 @@
+"""The ResNet VAE: reference parameter lists, init statistics, gradients, optimiser,
+save/load, every posterior and prior, and learning on a fixed batch."""
+import ast
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.toy import toy_images
+from layers import Conv2d, MaskedConv2d
+from layers.backend import T, floatX, theano
+from models import POSTERIORS, ConfigError, ResNetVAE, load_ndict, save_ndict
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+TINY = dict(shape_x=(3, 8, 8), depths=[1, 1], n_h1=8, n_h2=8, n_z=4, depth_ar=1,
+            posterior="down_iaf2_nl", seed=3)
+
+
+class ZeroNoise:
+    """A stand-in random stream that makes the posterior sample its mean: deterministic."""
+
+    def normal(self, size, dtype=floatX, **_):
+        return T.zeros(size, dtype=dtype)
+
+
+def batch(n=8):
+    return np.ascontiguousarray(toy_images(n, seed=5)[:, :, 8:16, 8:16])
+
+
+def reference_config(header):
+    """Model arguments from a reference file's first line, as train.py would derive them."""
+    top, margs = {"n_h": 160, "n_z": 32, "depths": [2, 2]}, {}
+    for token in header.split("config:")[1].split():
+        key, value = token.split("=")
+        if key == "problem":
+            continue
+        try:
+            value = ast.literal_eval(value)
+        except ValueError:
+            pass
+        (margs if key.startswith("margs.") else top)[key.replace("margs.", "")] = value
+    return dict(n_h1=top["n_h"], n_h2=top["n_h"], n_z=top["n_z"], depths=top["depths"], **margs)
+
+
+@pytest.mark.parametrize("path", sorted(REFERENCE.glob("params_*.txt")), ids=lambda p: p.stem)
+def test_parameter_names_and_shapes_match_the_reference(path):
+    header, *lines = path.read_text().splitlines()
+    expected = dict(line.split(" ", 1) for line in lines if line.strip())
+    model = ResNetVAE(**reference_config(header))
+    got = {name: str(var.get_value().shape) for name, var in model.params.items()}
+    assert got == expected
+
+
+def test_posterior_names_are_case_insensitive_and_errors_list_the_choices():
+    ResNetVAE(**{**TINY, "posterior": "down_iaf2_NL"})
+    with pytest.raises(ConfigError) as err:
+        ResNetVAE(**{**TINY, "posterior": "down_iaf3"})
+    assert all(p in str(err.value) for p in POSTERIORS)
+    for bad in ({"depths": []}, {"depths": [1, 1, 1, 1]}, {"depth_ar": -1},
+                {"prior": "laplace"}, {"nl": "swish"}, {"n_z": 3},
+                {"posterior": "down_tim", "prior": "made"}):
+        with pytest.raises((ConfigError, ValueError)):
+            ResNetVAE(**{**TINY, **bad})
+
+
+def test_weightsharing_all_shares_weights_but_not_scales():
+    model = ResNetVAE(**{**TINY, "depths": [2], "weightsharing": "all"})
+    names = set(model.params)
+    assert "[s]_up_conv2_w" in names and "0_0_up_conv2_w" not in names
+    assert {"0_0_up_conv2_s", "0_1_up_conv2_s", "0_0_up_conv2_b"} <= names
+
+
+# -- one compiled tiny model, shared by the tests below -------------------------------
+@pytest.fixture(scope="module")
+def model():
+    # kl_min=0: the free-bits floor is a kink that finite differences may straddle.
+    m = ResNetVAE(**{**TINY, "kl_min": 0.0})
+    m.srng = ZeroNoise()
+    assert m.data_init(batch()) == []
+    m.snapshot = (m.get_weights(False), m.get_weights(True), m.optimiser.state())
+    return m
+
+
+@pytest.fixture
+def fresh(model):
+    """The module's model, reset to its state right after data-dependent init."""
+    params, averages, state = model.snapshot
+    model.set_weights(params, which=("params",))
+    model.set_weights(averages, which=("avg_params",))
+    model.optimiser.set_state(state)
+    return model
+
+
+@pytest.fixture(scope="module")
+def grad_fn(model):
+    x = T.tensor4("x", dtype="uint8")
+    cost = model._graph(x, model.params)["cost"].sum()
+    names = model.optimiser.names
+    grads = T.grad(cost, [model.params[n] for n in names], disconnected_inputs="ignore")
+    return names, theano.function([x], [cost] + grads)
+
+
+def test_data_init_gives_the_stated_statistics(fresh, monkeypatch):
+    outputs = []
+
+    def recording(self, x, w, _call=Conv2d.__call__):  # masked convs inherit __call__
+        h = _call(self, x, w)
+        outputs.append((self, h))
+        return h
+    monkeypatch.setattr(Conv2d, "__call__", recording)
+    x = T.tensor4("x", dtype="uint8")
+    fresh._graph(x, fresh.params)
+    values = theano.function([x], [h for _, h in outputs])(batch())
+    assert len(values) == 4 * 2 + 2 + 2 * 3  # four convs per layer, x_enc/x_dec, IAF convs
+    for (conv, _), h in zip(outputs, values):
+        target = 1.0 if isinstance(conv, MaskedConv2d) else 0.1
+        np.testing.assert_allclose(h.mean(axis=(0, 2, 3)), 0, atol=2e-3 * target, err_msg=conv.name)
+        np.testing.assert_allclose(h.std(axis=(0, 2, 3)), target, rtol=2e-3, err_msg=conv.name)
+
+
+def test_gradients_match_finite_differences(fresh, grad_fn):
+    names, f = grad_fn
+    x = batch()
+    rng = np.random.RandomState(0)
+    start = {n: fresh.params[n].get_value() for n in names}
+    _, *grads = f(x)
+    for trial in range(3):
+        # Perturb each parameter in proportion to its own scale; float32 needs a step
+        # big enough to rise above rounding and small enough to stay linear.
+        direction = {n: np.asarray(rng.randn(*start[n].shape) * (np.abs(start[n]).mean() + 1e-2),
+                                   floatX) for n in names}
+        analytic = sum(float((g * direction[n]).sum()) for n, g in zip(names, grads))
+        step = 0.02
+        costs = []
+        for sign in (1, -1):
+            for n in names:
+                fresh.params[n].set_value(np.asarray(start[n] + sign * step * direction[n], floatX))
+            costs.append(float(f(x)[0]))
+        numeric = (costs[0] - costs[1]) / (2 * step)
+        assert numeric == pytest.approx(analytic, rel=0.02), trial
+    for n in names:
+        fresh.params[n].set_value(start[n])
+
+
+def test_adamax_step_polyak_average_and_remasking(fresh, grad_fn):
+    names, f = grad_fn
+    x = batch()
+    w0 = fresh.get_weights(False)
+    _, *grads = f(x)
+    fresh.train_step(x)
+    w1, avg1 = fresh.get_weights(False), fresh.get_weights(True)
+    masks = {c.w_name: c.mask for c in fresh.masked_convs}
+    for n, g in zip(names, grads):
+        # First step: m = 0.1 g, u = max(0.999e-8, |g| + 1e-8) (SPEC §7).
+        expected = w0[n] - 0.002 * (0.1 * g) / np.maximum(0.999e-8, np.abs(g) + 1e-8)
+        expected = expected * masks.get(n, 1)
+        np.testing.assert_allclose(w1[n], expected, rtol=1e-4, atol=1e-7, err_msg=n)
+        np.testing.assert_allclose(avg1[n], w0[n], rtol=1e-6, atol=1e-8, err_msg=n)
+    fresh.train_step(x)
+    avg2 = fresh.get_weights(True)
+    for n in names:
+        np.testing.assert_allclose(avg2[n], 0.001 * w1[n] + 0.999 * avg1[n], rtol=1e-5,
+                                   atol=1e-8, err_msg=n)
+    for n, mask in masks.items():
+        assert np.all(fresh.params[n].get_value()[mask == 0] == 0), n
+
+
+def test_non_finite_cost_leaves_every_variable_unchanged(fresh):
+    before = fresh.get_weights(False), fresh.get_weights(True), fresh.optimiser.state()
+    fresh.params["logsd_x"].set_value(np.float32(np.nan))
+    cost = fresh.train_step(batch())
+    assert np.isnan(cost).all()
+    assert np.isnan(fresh.params["logsd_x"].get_value())
+    after_avg, after_state = fresh.get_weights(True), fresh.optimiser.state()
+    for name, value in before[1].items():
+        np.testing.assert_array_equal(after_avg[name], value)
+        np.testing.assert_array_equal(after_state["m"][name], before[2]["m"][name])
+
+
+def test_training_cost_falls_on_a_fixed_batch(fresh):
+    x = batch()
+    costs = [fresh.train_step(x).mean() for _ in range(40)]
+    assert np.all(np.isfinite(costs))
+    # The learning rate is small (0.002) and logsd_x starts at 0: a slow, steady fall.
+    assert np.mean(costs[-5:]) < costs[0] - 0.05, costs
+    assert np.all(np.diff(costs[-10:]) < 0), costs
+
+
+def test_evaluation_outputs_are_consistent(fresh):
+    results = fresh.evaluate(batch())
+    kl = sum(v for k, v in results.items() if k.startswith("cost_z"))
+    bits = 1 / (np.prod(TINY["shape_x"]) * math.log(2))
+    assert set(results) >= {"cost", "cost_x", "cost_z000_000", "cost_z001_000", "elbo"}
+    np.testing.assert_allclose(results["elbo"], (results["cost_x"] + kl) * bits, rtol=1e-5)
+    np.testing.assert_allclose(results["log_weight"], -(results["cost_x"] + kl), rtol=1e-5)
+    np.testing.assert_allclose(results["cost"], results["elbo"], rtol=1e-5)  # kl_min = 0
+
+
+def test_save_load_round_trip_reproduces_evaluation(fresh, tmp_path):
+    x = batch()
+    fresh.train_step(x)
+    before = fresh.evaluate(x)
+    path = tmp_path / "weights.ndict.tar.gz"
+    save_ndict(fresh.get_weights(), path)
+    loaded = load_ndict(path)
+    assert sorted(loaded) == list(loaded) == sorted(fresh.params)
+    for var in fresh.avg_params.values():
+        var.set_value(np.zeros_like(var.get_value()))
+    fresh.set_weights(loaded)
+    after = fresh.evaluate(x)
+    for key in before:
+        np.testing.assert_array_equal(after[key], before[key])
+
+
+def test_loading_incomplete_or_misshapen_weights_says_which(fresh):
+    weights = fresh.get_weights()
+    missing = dict(weights)
+    del missing["0_0_up_conv2_w"]
+    with pytest.raises(ConfigError, match="0_0_up_conv2_w"):
+        fresh.set_weights(missing)
+    assert fresh.set_weights(missing, complete=False) == ["0_0_up_conv2_w"]
+    wrong = {**weights, "x_enc_b": np.zeros(5, floatX)}
+    with pytest.raises(ConfigError, match=r"x_enc_b \(5,\)"):
+        fresh.set_weights(wrong)
+
+
+def test_decode_gives_uint8_images_of_the_data_shape(fresh):
+    images = fresh.decode(fresh.sample_noise(5, np.random.RandomState(0)))
+    assert images.shape == (5, 3, 8, 8) and images.dtype == np.uint8
+    again = fresh.decode(fresh.sample_noise(5, np.random.RandomState(0)))
+    np.testing.assert_array_equal(images, again)
+    assert images.std() > 0
+
+
+def test_free_bits_floor_every_feature_map():
+    """With kl_min above every map's KL, the objective's KL is exactly kl_min per map."""
+    kl_min = 1000.0
+    model = ResNetVAE(**{**TINY, "kl_min": kl_min, "posterior": "down_diag"})
+    model.srng = ZeroNoise()
+    results = model.evaluate(batch())
+    n_maps = TINY["n_z"] * len(TINY["depths"])
+    expected = (results["cost_x"] + kl_min * n_maps) / (np.prod(TINY["shape_x"]) * math.log(2))
+    np.testing.assert_allclose(results["cost"], expected, rtol=1e-5)
+
+
+@pytest.mark.parametrize("settings", [
+    *({"posterior": p} for p in POSTERIORS if p != "down_iaf2_nl"),
+    {"prior": "diag2", "posterior": "down_iaf1"},
+    {"prior": "made", "posterior": "down_iaf2_nl", "depth_ar": 2},
+    {"downsample_type": "conv", "depth_ar": 0},
+    {"weightsharing": "acrosslevels", "depths": [2, 2]},
+    {"px": "bernoulli", "kl_min": 0.0, "posterior": "up_iaf1_nl", "nl": "softplus"},
+], ids=lambda s: "-".join(f"{k}={v}" for k, v in s.items()))
+def test_every_variant_evaluates_to_a_finite_elbo(settings):
+    model = ResNetVAE(**{**TINY, **settings})
+    x = batch() if settings.get("px") != "bernoulli" else (batch() > 127).astype(np.uint8)
+    model.data_init(x)
+    results = model.evaluate(x)
+    assert np.all(np.isfinite(results["elbo"])) and np.all(np.isfinite(results["cost"]))
+    if model.margs["kl_min"] == 0 and model.margs["px"] == "logistic":
+        np.testing.assert_allclose(results["cost"], results["elbo"], rtol=1e-5)
+
+
+def test_made_prior_sample_is_the_exact_autoregressive_fixed_point():
+    model = ResNetVAE(**{**TINY, "prior": "made", "depth_ar": 2})
+    layer = model.all_layers[0]
+    rng = np.random.RandomState(4)
+    for var in model.params.values():
+        var.set_value(np.asarray(rng.randn(*var.get_value().shape) * 0.5, floatX))
+    h, eps, z = T.tensor4("h"), T.tensor4("eps"), T.tensor4("z")
+    sample = theano.function([h, eps], layer._sample_made(h, eps, model.params))
+    made = theano.function([z, h], layer._made(z, h, model.params))
+    h0 = rng.randn(2, layer.c_prior, 4, 4).astype(floatX)
+    eps0 = rng.randn(2, TINY["n_z"], 4, 4).astype(floatX)
+    z0 = sample(h0, eps0)
+    mean, logsd = made(z0, h0)
+    np.testing.assert_allclose(z0, mean + eps0 * np.exp(logsd), rtol=1e-5, atol=1e-6)
+    assert np.abs(mean).max() > 1e-3  # the prior really depends on z: not a trivial case
