@@ -247,7 +247,11 @@ class ResNetVAE:
         m = self.margs = self._validate(**{k: v for k, v in locals().items()
                                            if k not in ("self", "seed")})
         rng = np.random.RandomState(seed)
-        self.srng = MRG_RandomStreams(seed % 2147483646 + 1)  # MRG seeds must be in [1, 2^31-1)
+        # Posterior noise: one stream for training, one for evaluation that
+        # `reset_eval_noise` rewinds, so evaluating saved weights gives the logged numbers.
+        self.seed = seed % 2147483646 + 1  # MRG seeds must be in [1, 2^31 - 1)
+        self.srng = MRG_RandomStreams(self.seed)
+        self.eval_srng = MRG_RandomStreams(self.seed + 1)
         self.nl = nonlinearity(m["nl"])
         c, height, width = m["shape_x"]
         self.shape_x = (c, height + 2 * m["pad_x"], width + 2 * m["pad_x"])
@@ -350,19 +354,20 @@ class ResNetVAE:
             return T.clip(out + 0.5, 1 / 512.0, 1 - 1 / 512.0)
         return T.clip(T.nnet.sigmoid(out), 1e-7, 1 - 1e-7)
 
-    def _graph(self, x, w):
+    def _graph(self, x, w, srng=None):
         """Per-image costs of a minibatch ``x`` (uint8) under parameters ``w`` (SPEC §6)."""
+        srng = srng or self.srng
         m, xf = self.margs, self._input(x)
         h = self.x_enc(xf - 0.5, w)
         states = []
         for layer in self.all_layers:
-            h, state = layer.up(h, w, self.srng)
+            h, state = layer.up(h, w, srng)
             states.append(state)
         h = self._top(x.shape[0], w)
         results, obj_kl, kl_total = OrderedDict(), 0.0, 0.0
         names = [(i, j) for i, level in enumerate(self.layers) for j in range(len(level))]
         for (i, j), layer, state in reversed(list(zip(names, self.all_layers, states))):
-            h, kl = layer.down(h, state, w, self.srng)
+            h, kl = layer.down(h, state, w, srng)
             kl_sum = kl.sum(axis=(1, 2, 3))
             results[f"cost_z{i:03d}_{j:03d}"] = kl_sum
             kl_total = kl_total + kl_sum
@@ -444,10 +449,14 @@ class ResNetVAE:
         Polyak-averaged weights (one posterior sample per image)."""
         def build():
             xs = T.tensor4("x", dtype="uint8")
-            results = self._graph(xs, self.avg_params)
+            results = self._graph(xs, self.avg_params, self.eval_srng)
             return list(results), theano.function([xs], list(results.values()))
         keys, f = self._function("eval", build)
         return OrderedDict(zip(keys, f(x)))
+
+    def reset_eval_noise(self):
+        """Rewind the evaluation noise, so that an evaluation pass is repeatable."""
+        self.eval_srng.seed(self.seed + 1)
 
     def sample_noise(self, n, rng):
         """Standard-normal noise for `decode`, from numpy RandomState ``rng``."""

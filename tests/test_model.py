@@ -76,7 +76,7 @@ def test_weightsharing_all_shares_weights_but_not_scales():
 def model():
     # kl_min=0: the free-bits floor is a kink that finite differences may straddle.
     m = ResNetVAE(**{**TINY, "kl_min": 0.0})
-    m.srng = ZeroNoise()
+    m.srng = m.eval_srng = ZeroNoise()
     assert m.data_init(batch()) == []
     m.snapshot = (m.get_weights(False), m.get_weights(True), m.optimiser.state())
     return m
@@ -237,7 +237,7 @@ def test_free_bits_floor_every_feature_map():
     """With kl_min above every map's KL, the objective's KL is exactly kl_min per map."""
     kl_min = 1000.0
     model = ResNetVAE(**{**TINY, "kl_min": kl_min, "posterior": "down_diag"})
-    model.srng = ZeroNoise()
+    model.srng = model.eval_srng = ZeroNoise()
     results = model.evaluate(batch())
     n_maps = TINY["n_z"] * len(TINY["depths"])
     expected = (results["cost_x"] + kl_min * n_maps) / (np.prod(TINY["shape_x"]) * math.log(2))

@@ -1,0 +1,133 @@
+"""train.py end to end, in subprocesses, on a tiny CIFAR-10-format folder."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from data.cifar10 import write_fake_cifar10
+from data.png import read_png
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["problem=cifar10", "n_train=32", "n_batch=16", "n_epochs=2", "n_h=8", "n_z=4",
+        "depths=[1,1]", "margs.posterior=down_iaf2_nl", "seed=7"]
+
+
+def run(args, cifar, log_path, check=True):
+    env = {**os.environ, "CIFAR10_PATH": str(cifar), "ML_LOG_PATH": str(log_path)}
+    if cifar is None:
+        env.pop("CIFAR10_PATH")
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py")] + args, env=env,
+                          capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cifar") / "cifar-10-batches-py"
+    folder.mkdir()
+    write_fake_cifar10(folder, n_per_batch=20, seed=0)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def two_runs(cifar, tmp_path_factory):
+    """The same tiny run twice with the same seed."""
+    logs = tmp_path_factory.mktemp("logs")
+    for _ in range(2):
+        run(["with"] + TINY, cifar, logs)
+    return sorted(logs.iterdir())
+
+
+def test_a_run_writes_results_samples_weights_and_logs(two_runs):
+    folder = two_runs[0]
+    lines = (folder / "results.txt").read_text().splitlines()
+    header = lines[0].split()
+    assert header[0] == "Epoch" and "cost" in header and "elbo" in header
+    assert [line.split()[0] for line in lines[1:]] == ["0", "1"]
+    for name in ("weights.ndict.tar.gz", "weights_best.ndict.tar.gz", "log.txt", "command.sh",
+                 "sample_0.png", "sample_fixed1_1.png"):
+        assert (folder / name).exists(), name
+    grid = read_png(folder / "sample_1.png")
+    assert grid.shape == (320, 320, 3) and grid.std() > 0
+    log = (folder / "log.txt").read_text()
+    assert "Run folder" in log and "Valid cost" in log
+    assert "margs.posterior=down_iaf2_nl" in (folder / "command.sh").read_text()
+
+
+def test_same_seed_gives_the_same_numbers(two_runs):
+    first, second = ((f / "results.txt").read_text() for f in two_runs)
+    assert first == second
+
+
+def test_evaluate_reproduces_the_logged_test_cost(two_runs, cifar, tmp_path):
+    folder = two_runs[0]
+    lines = (folder / "results.txt").read_text().splitlines()
+    header, last = lines[0].split()[1:], lines[-1].split()[1:]
+    logged = dict(zip(header, map(float, last)))
+    proc = run(["evaluate", "with"] + TINY + [f"load_model_path={folder}", "est_marglik=3"],
+               cifar, tmp_path)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["cost"] == pytest.approx(logged["cost"], rel=1e-5)
+    assert summary["elbo"] == pytest.approx(logged["elbo"], rel=1e-5)
+    # Importance sampling can only tighten the bound (up to sampling noise).
+    assert summary["marglik"] < summary["elbo"] + 0.05
+
+
+def test_print_params_needs_no_data_and_counts_the_table3_model(tmp_path):
+    proc = run(["print_params", "with", "table3"], None, tmp_path)
+    lines = proc.stdout.strip().splitlines()
+    assert "x_enc_w (160, 4, 5, 5)" in lines
+    reference = (ROOT.parent / "shared" / "reference" / "params_table3.txt").read_text()
+    names = [line.split()[0] for line in reference.splitlines()[1:] if line.strip()]
+    assert sum(line.split()[0] in names for line in lines) == len(names)
+    assert lines[-1] == "total 42709445"
+
+
+def _corrupt_batch(folder):
+    path = folder / "data_batch_2"
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+class Exploit:
+    def __reduce__(self):
+        return (os.system, ("touch pwned",))
+
+
+def _crafted_pickle(folder):
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": Exploit()}, f, protocol=2)
+
+
+@pytest.mark.parametrize("case,args,prepare,expected", [
+    ("unset", [], "unset", "CIFAR10_PATH is not set"),
+    ("wrong path", [], "missing", "is not an existing folder"),
+    ("truncated", [], _corrupt_batch, "data_batch_2 is truncated or corrupt"),
+    ("crafted", [], _crafted_pickle, "refusing to load"),
+    ("posterior", ["margs.posterior=down_iaf3"], None, "valid choices: up_diag"),
+    ("typo", ["n_hh=64"], None, "did you mean n_h?"),
+    ("typo margs", ["margs.depthar=2"], None, "did you mean margs.depth_ar?"),
+    ("no levels", ["depths=[]"], None, "need at least one level"),
+    ("batch", ["n_batch=64"], None, "n_batch=64 is larger than the 32 training images"),
+])
+def test_bad_input_exits_nonzero_with_one_sentence(case, args, prepare, expected, tmp_path):
+    cifar = tmp_path / "cifar"
+    cifar.mkdir()
+    write_fake_cifar10(cifar, n_per_batch=20, seed=0)
+    if callable(prepare):
+        prepare(cifar)
+    path = {"unset": None, "missing": tmp_path / "nowhere"}.get(prepare, cifar)
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), "with"] + TINY + args,
+                          env={**{k: v for k, v in os.environ.items() if k != "CIFAR10_PATH"},
+                               **({"CIFAR10_PATH": str(path)} if path else {}),
+                               "ML_LOG_PATH": str(tmp_path / "logs")},
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert expected in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "pwned").exists()
