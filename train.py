@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -22,7 +23,10 @@ from sacred.utils import SacredError
 from configs import NAMED_CONFIGS
 from data import DataError, load_dataset
 from data.png import image_grid, write_png
+from data.plot import plot_learning_curves
 from models import ConfigError, ResNetVAE, WeightsError, load_ndict, save_ndict
+from models.checkpoint import (CheckpointError, load_checkpoint, model_arrays, restore_model,
+                               save_checkpoint)
 
 ex = Experiment("iaf", save_git_info=False)
 for _name, _updates in NAMED_CONFIGS.items():
@@ -55,6 +59,9 @@ def config():
     load_model_complete = True  # False: tolerate parameters missing from that file
     est_marglik = 0  # K > 0: importance-sampled log-likelihood with K samples, then stop
     est_marglik_data = "valid"  # ... on 'valid' (the test set) or 'train'
+    resume = None  # a run folder: continue that run exactly where its checkpoint left it
+    checkpoint_minutes = 5.0  # also checkpoint this often within an epoch (wall time)
+    skip_nonfinite = False  # True: skip (and count) steps with a NaN/inf cost or gradient
 
 
 class Error(SacredError):
@@ -65,10 +72,11 @@ class Error(SacredError):
 
 
 Error.__module__ = "train"
-USER_ERRORS = (DataError, ConfigError, WeightsError, ValueError)
+USER_ERRORS = (DataError, ConfigError, WeightsError, CheckpointError)
 CONFIG_KEYS = ("problem n_batch n_reporting n_epochs px pad_x shape_x n_h n_z n_h1 n_h2 "
                "n_train model_type depths margs save_model load_model_path "
-               "load_model_complete est_marglik est_marglik_data seed").split()
+               "load_model_complete est_marglik est_marglik_data resume checkpoint_minutes "
+               "skip_nonfinite seed").split()
 MARGS_KEYS = ("shape_x depths n_h1 n_h2 n_z prior posterior px nl kernel_x kernel_h kl_min "
               "optim alpha beta1 pad_x weightsharing depth_ar downsample_type").split()
 
@@ -117,36 +125,34 @@ def make_run_folder():
     return path
 
 
-@ex.capture
-def get_data(problem, n_train, n_batch, shape_x, _seed):
-    train_x, test_x = load_dataset(problem, n_train, seed=_seed)
-    if n_batch > len(train_x):
-        raise Error(f"n_batch={n_batch} is larger than the {len(train_x)} training images; "
-                    f"use a smaller n_batch or a larger n_train")
-    if train_x.shape[1:] != tuple(shape_x):
-        raise Error(f"problem {problem!r} has images of shape {train_x.shape[1:]}, "
-                    f"but shape_x={tuple(shape_x)}")
+def get_data(cfg):
+    train_x, test_x = load_dataset(cfg["problem"], cfg["n_train"], seed=cfg["seed"])
+    if cfg["n_batch"] > len(train_x):
+        raise Error(f"n_batch={cfg['n_batch']} is larger than the {len(train_x)} training "
+                    f"images; use a smaller n_batch or a larger n_train")
+    if train_x.shape[1:] != tuple(cfg["shape_x"]):
+        raise Error(f"problem {cfg['problem']!r} has images of shape {train_x.shape[1:]}, "
+                    f"but shape_x={tuple(cfg['shape_x'])}")
     return train_x, test_x
 
 
-@ex.capture
-def build_model(margs, model_type, _seed):
-    if model_type != "cvae1":
-        raise Error(f"unknown model_type {model_type!r}; valid choices: cvae1")
-    return ResNetVAE(**margs, seed=_seed)
+def build_model(cfg):
+    if cfg["model_type"] != "cvae1":
+        raise Error(f"unknown model_type {cfg['model_type']!r}; valid choices: cvae1")
+    return ResNetVAE(**cfg["margs"], seed=cfg["seed"])
 
 
-@ex.capture
-def initialise(model, init_x, load_model_path, load_model_complete):
+def initialise(model, init_x, cfg):
     """Data-dependent init, or weights from ``load_model_path`` (or both if incomplete)."""
-    if load_model_path is None or not load_model_complete:
+    path, complete = cfg["load_model_path"], cfg["load_model_complete"]
+    if path is None or not complete:
         for name in model.data_init(init_x):
             print(f"warning: a channel of {name} has std 0 on the init batch; "
                   f"skipped its data-dependent init")
-    if load_model_path is not None:
-        path = os.path.join(load_model_path, "weights.ndict.tar.gz")
+    if path is not None:
+        path = os.path.join(path, "weights.ndict.tar.gz")
         print(f"Loading weights from {path}")
-        missing = model.set_weights(load_ndict(path), complete=load_model_complete)
+        missing = model.set_weights(load_ndict(path), complete=complete)
         if missing:
             print(f"warning: {len(missing)} parameters not in the file kept their init")
 
@@ -211,21 +217,146 @@ class Progress:
               f"train {running_cost:.4f} bits/dim, epoch ETA {eta / 60:.1f} min", flush=True)
 
 
-def train_epoch(model, train_x, n_batch, rng, epoch):
-    """One pass in random minibatch order; returns the mean training cost."""
-    order = rng.permutation(len(train_x))
-    total, progress = 0.0, Progress(len(train_x))
-    for step, start in enumerate(range(0, len(order), n_batch)):
-        cost = model.train_step(train_x[order[start:start + n_batch]])
-        if not np.all(np.isfinite(cost)):
-            raise FloatingPointError(f"the training cost is NaN/inf at epoch {epoch}, step "
-                                     f"{step}; the update was not applied")
-        total += float(cost.sum())
-        progress.update(start + len(cost), total / (start + len(cost)))
-    return total / len(train_x)
+def rng_arrays(prefix, rng):
+    """A numpy RandomState's state as arrays (and its scalars as a JSON-able list)."""
+    name, keys, pos, has_gauss, cached = rng.get_state()
+    return {f"{prefix}/keys": keys}, [name, int(pos), int(has_gauss), float(cached)]
 
 
-# -- commands -----------------------------------------------------------------------
+def set_rng(rng, keys, scalars):
+    name, pos, has_gauss, cached = scalars
+    rng.set_state((name, keys, pos, has_gauss, cached))
+
+
+class Run:
+    """A training run: the model, the data, and the loop's state, which a checkpoint holds
+    entirely, so that a resumed run continues bit for bit (SPEC §7 plus issue #4)."""
+
+    def __init__(self, cfg, folder):
+        self.cfg, self.folder = cfg, folder
+        self.train_x, self.test_x = get_data(cfg)
+        self.model = build_model(cfg)
+        self.order_rng = np.random.RandomState(cfg["seed"] + 1)
+        self.noise_rng = np.random.RandomState(cfg["seed"] + 2)
+        self.eps_fixed = None
+        self.epoch, self.step, self.order, self.cost_sum = 0, 0, None, 0.0
+        self.best, self.skipped, self.history = None, 0, {"train": [], "test": []}
+        self.stop_signal = None
+        self.last_checkpoint = time.time()
+
+    # -- state -----------------------------------------------------------------------
+    def start(self):
+        self.eps_fixed = self.model.sample_noise(100, self.noise_rng)
+        initialise(self.model, self.train_x[:self.cfg["n_batch"]], self.cfg)
+
+    def save(self):
+        arrays = model_arrays(self.model)
+        order_arrays, order_scalars = rng_arrays("order_rng", self.order_rng)
+        noise_arrays, noise_scalars = rng_arrays("noise_rng", self.noise_rng)
+        arrays.update(order_arrays, **noise_arrays)
+        arrays.update({f"eps_fixed/{k}": e for k, e in enumerate(self.eps_fixed)})
+        if self.order is not None:
+            arrays["order"] = self.order
+        meta = {"config": self.cfg, "epoch": self.epoch, "step": self.step,
+                "cost_sum": self.cost_sum, "best": self.best, "skipped": self.skipped,
+                "history": self.history, "order_rng": order_scalars,
+                "noise_rng": noise_scalars}
+        t0 = time.time()
+        save_checkpoint(self.folder, arrays, meta)
+        self.last_checkpoint = time.time()
+        return self.last_checkpoint - t0
+
+    def restore(self, arrays, meta):
+        restore_model(self.model, arrays)
+        set_rng(self.order_rng, arrays["order_rng/keys"], meta["order_rng"])
+        set_rng(self.noise_rng, arrays["noise_rng/keys"], meta["noise_rng"])
+        self.eps_fixed = [arrays[f"eps_fixed/{k}"] for k in range(len(self.model.all_layers))]
+        self.order = arrays.get("order")
+        for key in ("epoch", "step", "cost_sum", "best", "skipped", "history"):
+            setattr(self, key, meta[key])
+
+    # -- loop ------------------------------------------------------------------------
+    def train(self):
+        cfg = self.cfg
+        while cfg["n_epochs"] <= 0 or self.epoch < cfg["n_epochs"]:
+            t0 = time.time()
+            if not self.train_epoch():
+                return False
+            train_cost = self.cost_sum / len(self.train_x)
+            self.history["train"].append([self.epoch, train_cost])
+            if self.epoch <= 10 or self.epoch % cfg["n_reporting"] == 0:
+                self.report(time.time() - t0, train_cost)
+            self.epoch, self.step, self.order, self.cost_sum = self.epoch + 1, 0, None, 0.0
+            self.save()
+        return True
+
+    def train_epoch(self):
+        """Minibatches of the current epoch from ``self.step`` on; False if stopped."""
+        n_batch = self.cfg["n_batch"]
+        if self.order is None:
+            self.order = self.order_rng.permutation(len(self.train_x))
+        n_steps = -(-len(self.order) // n_batch)
+        progress = Progress(len(self.order))
+        while self.step < n_steps:
+            start = self.step * n_batch
+            cost, applied = self.model.train_step(self.train_x[self.order[start:start + n_batch]])
+            if not applied:
+                where = f"epoch {self.epoch}, step {self.step}"
+                if not self.cfg["skip_nonfinite"]:
+                    self.save()
+                    raise Error(f"non-finite cost or gradient at {where}; the update was not "
+                                f"applied and the last good state is in {self.folder} "
+                                f"(skip_nonfinite=True skips such steps instead)")
+                self.skipped += 1
+                print(f"warning: skipped a non-finite step at {where} ({self.skipped} so far)")
+            else:
+                self.cost_sum += float(cost.sum())
+            self.step += 1
+            progress.update(start + len(cost), self.cost_sum / (start + len(cost)))
+            if self.stop_signal is not None:
+                self.save()
+                print(f"Stopped by {self.stop_signal} at epoch {self.epoch}, step {self.step}; "
+                      f"checkpoint saved. Resume with:\n  python train.py with resume={self.folder}")
+                return False
+            if time.time() - self.last_checkpoint > 60 * self.cfg["checkpoint_minutes"]:
+                self.save()
+        return True
+
+    def report(self, dt, train_cost):
+        cfg, folder = self.cfg, self.folder
+        results = evaluate_set(self.model, self.test_x, cfg["n_batch"])
+        self.history["test"].append([self.epoch, results["cost"]])
+        weights = self.model.get_weights()
+        save_ndict(weights, os.path.join(folder, "weights.ndict.tar.gz"))
+        if self.best is None or results["cost"] < self.best:
+            self.best = results["cost"]
+            if cfg["save_model"]:
+                save_ndict(weights, os.path.join(folder, "weights_best.ndict.tar.gz"))
+        append_results(folder, self.epoch, results)
+        write_samples(self.model, folder, self.epoch, self.eps_fixed, self.noise_rng)
+        curves = [np.array(self.history[k], dtype=float).reshape(-1, 2).T for k in ("train", "test")]
+        plot_learning_curves(os.path.join(folder, "learning_curve.png"), *curves[0], *curves[1])
+        if self.epoch == 0:
+            print("logdir: t: Epoch: Train cost: Valid cost: Best: log(stdev) of p(x|z):")
+        logsd = float(self.model.avg_params["logsd_x"].get_value()) \
+            if "logsd_x" in self.model.avg_params else 0.0
+        print(f"{os.path.basename(folder)} {dt:.2f} {self.epoch} {train_cost:.5f} "
+              f"{results['cost']:.5f} {self.best:.5f} {logsd}", flush=True)
+
+
+@contextlib.contextmanager
+def stop_on_signals(run):
+    """SIGINT/SIGTERM: finish the minibatch, checkpoint, and exit cleanly."""
+    def handler(signum, _frame):
+        run.stop_signal = signal.Signals(signum).name
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
 @contextlib.contextmanager
 def user_errors():
     """Turn the errors a user can fix (bad data, config, weights) into one-line messages."""
@@ -235,91 +366,86 @@ def user_errors():
         raise Error(str(err)) from None
 
 
+def config_differences(saved, current, keys):
+    """``key: saved -> given`` for each user-set key whose value differs from the saved run."""
+    def lookup(cfg, dotted):
+        for part in dotted.split("."):
+            cfg = cfg.get(part) if isinstance(cfg, dict) else None
+        return cfg
+    normal = lambda v: json.loads(json.dumps(v))  # noqa: E731  (tuples vs lists)
+    return [f"{k}: {lookup(saved, k)!r} -> {lookup(current, k)!r}" for k in sorted(keys)
+            if normal(lookup(saved, k)) != normal(lookup(current, k))]
+
+
+def resume_run(folder, cfg, modified):
+    arrays, meta = load_checkpoint(folder)
+    user_set = {k for k in modified if k.split(".")[0] not in ("resume", "seed", "n_epochs")}
+    differences = config_differences(meta["config"], cfg, user_set)
+    if differences:
+        raise Error(f"the config contradicts the run in {folder}: {'; '.join(differences)}")
+    saved = dict(meta["config"], resume=folder)
+    if "n_epochs" in modified:  # the one setting a resumed run may change: when to stop
+        saved["n_epochs"] = cfg["n_epochs"]
+    run = Run(saved, folder)
+    run.restore(arrays, meta)
+    print(f"Resuming {folder} at epoch {run.epoch}, step {run.step}")
+    return run
+
+
 @ex.main
-def train(n_batch, n_reporting, n_epochs, shape_x, save_model, est_marglik, est_marglik_data,
-          _seed):
-    """Train, reporting test bits/dim, weights and samples into a new run folder."""
+def train(_config, _run):
+    """Train, reporting test bits/dim, weights and samples into a run folder."""
     with user_errors():
-        return run_training(n_batch, n_reporting, n_epochs, shape_x, save_model, est_marglik,
-                            est_marglik_data, _seed)
-
-
-def run_training(n_batch, n_reporting, n_epochs, shape_x, save_model, est_marglik,
-                 est_marglik_data, seed):
-    folder = make_run_folder()
-    sys.stdout = Tee(sys.stdout, os.path.join(folder, "log.txt"))
-    with open(os.path.join(folder, "command.sh"), "w") as f:
-        f.write(" ".join(shlex.quote(a) for a in ["python"] + sys.argv) + "\n")
-    print(f"Run folder: {folder}")
-    train_x, test_x = get_data()
-    model = build_model()
-    initialise(model, train_x[:n_batch])
-    if est_marglik > 0:
-        data = test_x if est_marglik_data == "valid" else train_x
-        return estimate_marglik(model, data, n_batch, est_marglik, shape_x)
-
-    order_rng, noise_rng = np.random.RandomState(seed + 1), np.random.RandomState(seed + 2)
-    eps_fixed = model.sample_noise(100, noise_rng)
-    best = None
-    print("Training (the first minibatch compiles the training step)")
-    epoch = 0
-    while n_epochs <= 0 or epoch < n_epochs:
-        t0 = time.time()
-        try:
-            train_cost = train_epoch(model, train_x, n_batch, order_rng, epoch)
-        except FloatingPointError as err:
-            save_ndict(model.get_weights(), os.path.join(folder, "weights.ndict.tar.gz"))
-            raise Error(f"{err}; the last good weights are in {folder}") from None
-        if epoch <= 10 or epoch % n_reporting == 0:
-            results = evaluate_set(model, test_x, n_batch)
-            weights = model.get_weights()
-            save_ndict(weights, os.path.join(folder, "weights.ndict.tar.gz"))
-            if best is None or results["cost"] < best:
-                best = results["cost"]
-                if save_model:
-                    save_ndict(weights, os.path.join(folder, "weights_best.ndict.tar.gz"))
-            append_results(folder, epoch, results)
-            write_samples(model, folder, epoch, eps_fixed, noise_rng)
-            if epoch == 0:
-                print("logdir: t: Epoch: Train cost: Valid cost: Best: log(stdev) of p(x|z):")
-            logsd = float(model.avg_params["logsd_x"].get_value()) \
-                if "logsd_x" in model.avg_params else 0.0
-            print(f"{os.path.basename(folder)} {time.time() - t0:.2f} {epoch} {train_cost:.5f} "
-                  f"{results['cost']:.5f} {best:.5f} {logsd}", flush=True)
-        epoch += 1
-    return best
+        cfg = json.loads(json.dumps(_config))
+        if cfg["resume"]:
+            sys.stdout = Tee(sys.stdout, os.path.join(cfg["resume"], "log.txt"))
+            run = resume_run(cfg["resume"], cfg, _run.config_modifications.modified)
+        else:
+            folder = make_run_folder()
+            sys.stdout = Tee(sys.stdout, os.path.join(folder, "log.txt"))
+            with open(os.path.join(folder, "command.sh"), "w") as f:
+                f.write(" ".join(shlex.quote(a) for a in ["python"] + sys.argv) + "\n")
+            print(f"Run folder: {folder}")
+            run = Run(cfg, folder)
+            run.start()
+            if cfg["est_marglik"] > 0:
+                data = run.test_x if cfg["est_marglik_data"] == "valid" else run.train_x
+                return estimate_marglik(run.model, data, cfg["n_batch"], cfg["est_marglik"],
+                                        cfg["shape_x"])
+        print("Training (the first minibatch compiles the training step)")
+        with stop_on_signals(run):
+            run.train()
+        return run.best
 
 
 @ex.command
-def evaluate(n_batch, shape_x, load_model_path, est_marglik, est_marglik_data):
+def evaluate(_config):
     """Test bits/dim of saved weights; the last line is JSON for scripts."""
     with user_errors():
-        return run_evaluation(n_batch, shape_x, load_model_path, est_marglik, est_marglik_data)
-
-
-def run_evaluation(n_batch, shape_x, load_model_path, est_marglik, est_marglik_data):
-    if load_model_path is None:
-        raise Error("evaluate needs load_model_path=DIR, a folder with weights.ndict.tar.gz")
-    train_x, test_x = get_data()
-    data = test_x if est_marglik_data == "valid" else train_x
-    model = build_model()
-    initialise(model, train_x[:n_batch])
-    results = evaluate_set(model, data, n_batch)
-    summary = {"cost": results["cost"], "elbo": results["elbo"], "n_images": len(data)}
-    print(f"cost (the original's bits/dim, free bits applied): {results['cost']:.5f}")
-    print(f"-ELBO (bits/dim): {results['elbo']:.5f}")
-    if est_marglik > 0:
-        summary["marglik"] = estimate_marglik(model, data, n_batch, est_marglik, shape_x)
-        summary["est_marglik"] = est_marglik
-    print(json.dumps(summary))
-    return summary
+        cfg = json.loads(json.dumps(_config))
+        if cfg["load_model_path"] is None:
+            raise Error("evaluate needs load_model_path=DIR, a folder with weights.ndict.tar.gz")
+        train_x, test_x = get_data(cfg)
+        data = test_x if cfg["est_marglik_data"] == "valid" else train_x
+        model = build_model(cfg)
+        initialise(model, train_x[:cfg["n_batch"]], cfg)
+        results = evaluate_set(model, data, cfg["n_batch"])
+        summary = {"cost": results["cost"], "elbo": results["elbo"], "n_images": len(data)}
+        print(f"cost (the original's bits/dim, free bits applied): {results['cost']:.5f}")
+        print(f"-ELBO (bits/dim): {results['elbo']:.5f}")
+        if cfg["est_marglik"] > 0:
+            summary["marglik"] = estimate_marglik(model, data, cfg["n_batch"],
+                                                  cfg["est_marglik"], cfg["shape_x"])
+            summary["est_marglik"] = cfg["est_marglik"]
+        print(json.dumps(summary))
+        return summary
 
 
 @ex.command(unobserved=True)
-def print_params():
+def print_params(_config):
     """Every parameter as ``name shape``, then the total count; compiles nothing."""
     with user_errors():
-        model = build_model()
+        model = build_model(_config)
     total = 0
     for name, var in sorted(model.params.items()):
         shape = var.get_value(borrow=True).shape

@@ -249,7 +249,7 @@ class ResNetVAE:
         rng = np.random.RandomState(seed)
         # Posterior noise: one stream for training, one for evaluation that
         # `reset_eval_noise` rewinds, so evaluating saved weights gives the logged numbers.
-        self.seed = seed % 2147483646 + 1  # MRG seeds must be in [1, 2^31 - 1)
+        self.seed = seed % (2**30 - 2) + 1  # MRG seeds must be in [1, 2^30]
         self.srng = MRG_RandomStreams(self.seed)
         self.eval_srng = MRG_RandomStreams(self.seed + 1)
         self.nl = nonlinearity(m["nl"])
@@ -277,7 +277,13 @@ class ResNetVAE:
         m["downsample_type"] = _choice("downsample_type", m["downsample_type"], DOWNSAMPLE_TYPES)
         m["optim"] = _choice("optim", m["optim"], OPTIMISERS)
         m["weightsharing"] = _choice("weightsharing", m["weightsharing"] or False, WEIGHTSHARING)
-        nonlinearity(m["nl"])
+        try:
+            nonlinearity(m["nl"])
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        for key in ("kernel_x", "kernel_h"):
+            if len(m[key]) != 2 or min(m[key]) < 1 or not all(k % 2 for k in m[key]):
+                raise ConfigError(f"{key}={m[key]}: kernels need two odd sizes, e.g. (3, 3)")
         if m["posterior"] == "down_tim" and m["prior"] != "diag":
             raise ConfigError("posterior 'down_tim' needs prior 'diag'")
         depths = m["depths"] = [int(d) for d in m["depths"]]
@@ -409,14 +415,16 @@ class ResNetVAE:
         return self._compiled[key]
 
     # -- public API ------------------------------------------------------------------
-    def data_init(self, x):
+    def data_init(self, x, srng=None):
         """Data-dependent init of every conv's ``s`` and ``b`` from batch ``x`` (SPEC §2).
 
+        Its posterior noise comes from a stream of its own (``srng``), so the training
+        stream's state depends only on the training steps taken.
         Returns the names of the convolutions skipped because a channel had std 0.
         """
         xs = T.tensor4("x", dtype="uint8")
         w = DataInit(self.params)
-        self._graph(xs, w)
+        self._graph(xs, w, srng or MRG_RandomStreams(self.seed + 2))
         outputs = [e for _, s, b, ok in w.records for e in (s, b, ok)]
         values = theano.function([xs], outputs)(x)
         skipped = []
@@ -431,18 +439,33 @@ class ResNetVAE:
             self.avg_params[name].set_value(var.get_value())
         return skipped
 
-    def train_step(self, x):
-        """One AdaMax step on minibatch ``x``; returns the per-image cost (before the step).
-
-        If the cost or a gradient is not finite, nothing is updated and the cost is returned
-        as is: the caller decides whether to stop.
-        """
+    def _train_function(self):
         def build():
             xs = T.tensor4("x", dtype="uint8")
             cost = self._graph(xs, self.params)["cost"]
-            updates, _ = self.optimiser.updates(cost.sum(), self._remask_rules())
-            return theano.function([xs], cost, updates=updates)
-        return self._function("train", build)(x)
+            updates, applied = self.optimiser.updates(cost.sum(), self._remask_rules())
+            return theano.function([xs], [cost, applied], updates=updates)
+        return self._function("train", build)
+
+    def train_step(self, x):
+        """One AdaMax step on minibatch ``x``; returns the per-image cost (before the step)
+        and whether the step was applied: if the cost or a gradient is not finite, nothing
+        is updated and the caller decides what to do."""
+        cost, applied = self._train_function()(x)
+        return cost, bool(applied)
+
+    def random_state(self):
+        """The training noise stream's state (compiles the training step if needed)."""
+        self._train_function()
+        return [update[0].get_value() for update in self.srng.state_updates]
+
+    def set_random_state(self, states):
+        self._train_function()
+        if len(states) != len(self.srng.state_updates):
+            raise ConfigError(f"the saved noise state has {len(states)} streams, this model "
+                              f"{len(self.srng.state_updates)}: a different model config")
+        for update, value in zip(self.srng.state_updates, states):
+            update[0].set_value(value)
 
     def evaluate(self, x):
         """Per-image ``cost``, ``cost_x``, ``cost_z*``, ``elbo`` and ``log_weight`` with the

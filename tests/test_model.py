@@ -77,7 +77,7 @@ def model():
     # kl_min=0: the free-bits floor is a kink that finite differences may straddle.
     m = ResNetVAE(**{**TINY, "kl_min": 0.0})
     m.srng = m.eval_srng = ZeroNoise()
-    assert m.data_init(batch()) == []
+    assert m.data_init(batch(), srng=ZeroNoise()) == []
     m.snapshot = (m.get_weights(False), m.get_weights(True), m.optimiser.state())
     return m
 
@@ -148,7 +148,7 @@ def test_adamax_step_polyak_average_and_remasking(fresh, grad_fn):
     x = batch()
     w0 = fresh.get_weights(False)
     _, *grads = f(x)
-    fresh.train_step(x)
+    assert fresh.train_step(x)[1]
     w1, avg1 = fresh.get_weights(False), fresh.get_weights(True)
     masks = {c.w_name: c.mask for c in fresh.masked_convs}
     for n, g in zip(names, grads):
@@ -169,8 +169,8 @@ def test_adamax_step_polyak_average_and_remasking(fresh, grad_fn):
 def test_non_finite_cost_leaves_every_variable_unchanged(fresh):
     before = fresh.get_weights(False), fresh.get_weights(True), fresh.optimiser.state()
     fresh.params["logsd_x"].set_value(np.float32(np.nan))
-    cost = fresh.train_step(batch())
-    assert np.isnan(cost).all()
+    cost, applied = fresh.train_step(batch())
+    assert np.isnan(cost).all() and not applied
     assert np.isnan(fresh.params["logsd_x"].get_value())
     after_avg, after_state = fresh.get_weights(True), fresh.optimiser.state()
     for name, value in before[1].items():
@@ -180,7 +180,7 @@ def test_non_finite_cost_leaves_every_variable_unchanged(fresh):
 
 def test_training_cost_falls_on_a_fixed_batch(fresh):
     x = batch()
-    costs = [fresh.train_step(x).mean() for _ in range(40)]
+    costs = [fresh.train_step(x)[0].mean() for _ in range(40)]
     assert np.all(np.isfinite(costs))
     # The learning rate is small (0.002) and logsd_x starts at 0: a slow, steady fall.
     assert np.mean(costs[-5:]) < costs[0] - 0.05, costs

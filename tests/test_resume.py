@@ -1,0 +1,115 @@
+"""Runs that survive: interrupt (SIGINT, SIGKILL), resume, and match an uninterrupted run
+bit for bit; damaged checkpoints fall back; contradicting configs are refused."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data.png import read_png
+from models import load_ndict
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["problem=toy", "n_train=48", "n_batch=8", "n_epochs=3", "n_h=8", "n_z=4",
+        "depths=[1,1]", "seed=11", "checkpoint_minutes=0"]
+
+
+def command(args):
+    return [sys.executable, str(ROOT / "train.py"), "with"] + args
+
+
+def run(args, logs):
+    proc = subprocess.run(command(args), env={**os.environ, "ML_LOG_PATH": str(logs)},
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def start_and_signal(args, logs, sig, after_steps):
+    """Start a run, wait until it has checkpointed ``after_steps`` times, send ``sig``."""
+    proc = subprocess.Popen(command(args), env={**os.environ, "ML_LOG_PATH": str(logs)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline, seen = time.time() + 600, set()
+    while time.time() < deadline and proc.poll() is None:
+        for ckpt in logs.glob("*/checkpoint.npz"):
+            seen.add(ckpt.stat().st_mtime_ns)
+        if len(seen) >= after_steps:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=300)
+    return proc.returncode, out, err, next(logs.iterdir())
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    logs = tmp_path_factory.mktemp("reference")
+    run(TINY, logs)
+    return next(logs.iterdir())
+
+
+def assert_same_run(folder, reference):
+    assert (folder / "results.txt").read_text() == (reference / "results.txt").read_text()
+    for name in ("weights.ndict.tar.gz", "weights_best.ndict.tar.gz"):
+        got, expected = load_ndict(folder / name), load_ndict(reference / name)
+        assert list(got) == list(expected)
+        for key in expected:
+            np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
+    _, got_meta = load_checkpoint(folder)
+    _, expected_meta = load_checkpoint(reference)
+    assert got_meta["history"] == expected_meta["history"]
+
+
+def test_sigint_then_sigkill_then_resume_matches_an_uninterrupted_run(reference, tmp_path):
+    code, out, _, folder = start_and_signal(TINY, tmp_path, signal.SIGINT, after_steps=4)
+    assert code == 0 and f"resume={folder}" in out
+    # Resume, and kill -9 it while it checkpoints after every step.
+    code, _, _, _ = start_and_signal([f"resume={folder}"], tmp_path, signal.SIGKILL,
+                                     after_steps=9)
+    assert code == -signal.SIGKILL
+    load_checkpoint(folder)  # the newest (or the previous) checkpoint is intact
+    proc = run([f"resume={folder}"], tmp_path)
+    assert "Resuming" in proc.stdout
+    assert_same_run(folder, reference)
+    log = (folder / "log.txt").read_text()
+    assert log.count("Resuming") == 2 and "Run folder" in log  # appended, same folder
+    curve = read_png(folder / "learning_curve.png")
+    assert curve.ndim == 3 and curve.std() > 0
+
+
+def test_contradicting_config_is_refused_with_the_differences(reference):
+    proc = subprocess.run(command([f"resume={reference}", "n_h=16", "margs.kl_min=0.5"]),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "n_h: 8 -> 16" in proc.stderr and "margs.kl_min: 0.25 -> 0.5" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_diverging_run_stops_before_the_bad_update_and_says_where(tmp_path):
+    proc = subprocess.run(command(TINY + ["margs.alpha=1e30"]),
+                          env={**os.environ, "ML_LOG_PATH": str(tmp_path)},
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    assert "non-finite cost or gradient at epoch" in proc.stderr
+    arrays, meta = load_checkpoint(next(tmp_path.iterdir()))
+    assert all(np.all(np.isfinite(v)) for k, v in arrays.items() if k.startswith("param/"))
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    save_checkpoint(tmp_path, {"w": np.arange(3.0)}, {"epoch": 1})
+    save_checkpoint(tmp_path, {"w": np.arange(4.0)}, {"epoch": 2})
+    newest = tmp_path / "checkpoint.npz"
+    newest.write_bytes(newest.read_bytes()[:-50])
+    warnings = []
+    arrays, meta = load_checkpoint(tmp_path, log=warnings.append)
+    assert meta == {"epoch": 1} and list(arrays["w"]) == [0, 1, 2]
+    assert "truncated or corrupt" in warnings[0]
+    (tmp_path / "checkpoint.prev.npz").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="checkpoint.prev.npz is truncated or corrupt"):
+        load_checkpoint(tmp_path, log=warnings.append)
