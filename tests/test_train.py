@@ -12,7 +12,7 @@ from data.cifar10 import write_fake_cifar10
 from data.png import read_png
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["problem=cifar10", "n_train=32", "n_batch=16", "n_epochs=2", "n_h=8", "n_z=4",
+TINY = ["quickstart", "problem=cifar10", "n_train=32", "n_batch=16", "n_epochs=2", "n_h=8", "n_z=4",
         "depths=[1,1]", "margs.posterior=down_iaf2_nl", "seed=7"]
 
 

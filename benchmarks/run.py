@@ -1,0 +1,159 @@
+"""Speed and memory of the training step, for the Table 3 and README-example configs.
+
+    python benchmarks/run.py                      # both configs, writes benchmarks/results.{md,json}
+    python benchmarks/run.py readme_example --steps 10
+
+For each config, two fresh processes build the model and time it: the first with an empty
+Theano compile directory (cold compile), the second reusing it (warm start). Reported:
+compile times, seconds per training step (median over ``--steps`` after one warm-up step)
+and per evaluation minibatch, images/s, achieved GFLOP/s (convolution FLOPs counted
+analytically: forward, and 3x forward for a training step), the fraction of the machine's
+matrix-multiply peak (a float32 GEMM through the same BLAS, measured in the same process),
+and peak resident memory.
+"""
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def model_args(named):
+    top = {"n_h": 160, "n_z": 32, "depths": [2, 2], **named}
+    return dict(n_h1=top["n_h"], n_h2=top["n_h"], n_z=top["n_z"], depths=top["depths"],
+                **named.get("margs", {}))
+
+
+def conv_flops(model, n):
+    """Multiply-add FLOPs (x2) of every convolution of one forward pass on ``n`` images,
+    counting the pad channel as the original's materialised input channel does."""
+    from layers import Conv2d
+
+    def flops(conv, height, width):
+        cin = conv.n_in + int(conv.has_pad_channel)
+        cout = conv.n_out * conv.upsample ** 2
+        kh, kw = (2 * p + 1 for p in conv.pad)
+        return 2 * n * cout * cin * kh * kw * (height // conv.downsample) * (width // conv.downsample)
+
+    _, height, width = model.shape_x
+    total = flops(model.x_enc, height, width) + flops(model.x_dec, height // 2, width // 2)
+    size = height // 2
+    for i, level in enumerate(model.layers):
+        for j, layer in enumerate(level):
+            size_in, size = size, height // 2 ** (i + 1)
+            convs = [c for c in vars(layer).values() if isinstance(c, Conv2d)]
+            convs += layer.masked_convs
+            for conv in convs:
+                at = size_in if conv in (layer.up_conv1, getattr(layer, "up_conv3", None)) else size
+                total += flops(conv, at, at)
+    return total
+
+
+def measure(name, n_steps, n_batch):
+    """Runs in a child process: build, compile, time; prints one JSON line."""
+    import numpy as np
+
+    from configs import NAMED_CONFIGS
+    from layers.backend import T, theano
+    from models import ResNetVAE
+
+    t_start = time.time()
+    model = ResNetVAE(**model_args(NAMED_CONFIGS[name]))
+    x = np.random.RandomState(0).randint(0, 256, (n_batch, 3, 32, 32)).astype(np.uint8)
+    t0 = time.time()
+    model.data_init(x)
+    init_s = time.time() - t0
+    t0 = time.time()
+    model.train_step(x)
+    first_step_s = time.time() - t0  # compile + one step
+    start_to_first_step_s = time.time() - t_start
+    times = []
+    for _ in range(n_steps):
+        t0 = time.time()
+        model.train_step(x)
+        times.append(time.time() - t0)
+    model.evaluate(x)  # compile
+    eval_times = []
+    for _ in range(max(3, n_steps // 2)):
+        t0 = time.time()
+        model.evaluate(x)
+        eval_times.append(time.time() - t0)
+    a, b = T.matrix(), T.matrix()
+    gemm = theano.function([a, b], T.dot(a, b))
+    m = np.random.rand(2048, 2048).astype(np.float32)
+    gemm(m, m)
+    t0 = time.time()
+    for _ in range(5):
+        gemm(m, m)
+    peak = 5 * 2 * 2048 ** 3 / (time.time() - t0) / 1e9
+    step = float(np.median(times))
+    fwd = conv_flops(model, n_batch)
+    return {"config": name, "n_batch": n_batch, "n_params": int(sum(
+        v.get_value().size for v in model.params.values())),
+        "data_init_s": init_s, "compile_and_first_step_s": first_step_s,
+        "start_to_first_step_s": start_to_first_step_s,
+        "step_s": step, "eval_s": float(np.median(eval_times)),
+        "images_per_s": n_batch / step, "train_gflop": 3 * fwd / 1e9,
+        "gflops": 3 * fwd / step / 1e9, "gemm_peak_gflops": peak,
+        "fraction_of_peak": 3 * fwd / step / 1e9 / peak,
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
+
+
+def child(name, n_steps, n_batch, compiledir):
+    flags = f"base_compiledir={compiledir}"
+    env = {**os.environ, "THEANO_FLAGS": ",".join(filter(None, [os.environ.get(
+        "THEANO_FLAGS"), flags]))}
+    proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(n_steps),
+                           "--batch", str(n_batch)], env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def table(rows):
+    head = ("| config | params | cold compile+1st step (s) | warm start to 1st step (s) | "
+            "s/step | s/eval batch | images/s | GFLOP/s | % of GEMM peak | peak RSS (GB) |")
+    lines = [head, "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['config']} (batch {r['n_batch']}) | {r['n_params'] / 1e6:.1f}M | "
+                     f"{r['cold_compile_s']:.0f} | {r['warm_start_s']:.1f} | {r['step_s']:.3f} | "
+                     f"{r['eval_s']:.3f} | {r['images_per_s']:.1f} | {r['gflops']:.0f} | "
+                     f"{100 * r['fraction_of_peak']:.0f}% (of {r['gemm_peak_gflops']:.0f}) | "
+                     f"{r['peak_rss_gb']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("configs", nargs="*", default=["readme_example", "table3"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(measure(args.configs[0], args.steps, args.batch)))
+        return
+    rows = []
+    for name in args.configs:
+        with tempfile.TemporaryDirectory() as compiledir:
+            cold = child(name, 1, args.batch, compiledir)
+            row = child(name, args.steps, args.batch, compiledir)
+        row["cold_compile_s"] = cold["data_init_s"] + cold["compile_and_first_step_s"]
+        row["warm_start_s"] = row["start_to_first_step_s"]
+        rows.append(row)
+        print(table([row]), flush=True)
+    out = ROOT / "benchmarks"
+    (out / "results.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (out / "results.md").write_text(table(rows))
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
