@@ -30,7 +30,9 @@ def _openblas_ldflags():
     # Load it process-wide now, so that Theano's compiled modules find it by soname
     # at dlopen time (THEANO_FLAGS cannot carry the commas of an -rpath linker flag).
     ctypes.CDLL(os.path.join(libdir, "libscipy_openblas.so"), mode=ctypes.RTLD_GLOBAL)
-    renames = " ".join(f"-D{p}{r}_=scipy_{p}{r}_" for r in _BLAS_ROUTINES for p in "sd")
+    renames = [f"-D{p}{r}_=scipy_{p}{r}_" for r in _BLAS_ROUTINES for p in "sd"]
+    renames += [f"-Dopenblas_{f}_num_threads=scipy_openblas_{f}_num_threads" for f in ("set", "get")]
+    renames = " ".join(renames)
     return f"-L{libdir} -lscipy_openblas {renames}"
 
 
@@ -76,6 +78,7 @@ configure()
 
 import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402
+from theano.ifelse import ifelse  # noqa: E402,F401
 from theano.sandbox.rng_mrg import MRG_RandomStreams  # noqa: E402,F401
 
 floatX = theano.config.floatX

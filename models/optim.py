@@ -3,7 +3,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from layers.backend import T, floatX, theano
+from layers.backend import T, floatX, ifelse, theano
 
 
 def _zeros_like(var, fill=0.0):
@@ -31,19 +31,20 @@ class AdaMaxPolyak:
         """Updates minimising ``total_cost``; ``project[name]`` maps a new weight value."""
         grads = T.grad(total_cost, [self.params[n] for n in self.names],
                        disconnected_inputs="ignore")
-        # One reduction per gradient: a sum is finite only if every element is (or it
-        # overflows, which is just as bad a step).
-        checks = [total_cost] + [g.sum() for g in grads]
-        finite = T.all([~(T.isnan(c) | T.isinf(c)) for c in checks])
-        updates = OrderedDict()
+        # One scalar: finite only if the cost and every gradient element are (a sum that
+        # overflows is as bad a step). One lazy IfElse then keeps the graph small.
+        total = total_cost + T.add(*[g.sum() for g in grads])
+        finite = ~(T.isnan(total) | T.isinf(total))
+        variables, new_values = [], []
         for name, g in zip(self.names, grads):
             w, m, u, w_avg = self.params[name], self.m[name], self.u[name], self.avg_params[name]
             m_new = (1 - self.beta1) * m + self.beta1 * g
             u_new = T.maximum((1 - self.beta2) * u, abs(g) + 1e-8)
             w_new = project.get(name, lambda v: v)(w - self.alpha * m_new / u_new)
             avg_new = self.beta2 * w + (1 - self.beta2) * w_avg
-            for var, new in ((m, m_new), (u, u_new), (w, w_new), (w_avg, avg_new)):
-                updates[var] = T.switch(finite, new, var)
+            variables += [m, u, w, w_avg]
+            new_values += [m_new, u_new, w_new, avg_new]
+        updates = OrderedDict(zip(variables, ifelse(finite, new_values, variables)))
         return updates, finite
 
     def state(self):
