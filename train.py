@@ -126,6 +126,9 @@ def make_run_folder():
 
 
 def get_data(cfg):
+    for key in ("n_batch", "n_reporting"):
+        if int(cfg[key]) < 1:
+            raise Error(f"{key}={cfg[key]} must be a positive integer")
     train_x, test_x = load_dataset(cfg["problem"], cfg["n_train"], seed=cfg["seed"])
     if cfg["n_batch"] > len(train_x):
         raise Error(f"n_batch={cfg['n_batch']} is larger than the {len(train_x)} training "
@@ -325,6 +328,9 @@ class Run:
     def report(self, dt, train_cost):
         cfg, folder = self.cfg, self.folder
         results = evaluate_set(self.model, self.test_x, cfg["n_batch"])
+        if not math.isfinite(results["cost"]):
+            raise Error(f"the test cost is {results['cost']} after epoch {self.epoch}; the "
+                        f"last checkpoint in {folder} holds the state before this epoch")
         self.history["test"].append([self.epoch, results["cost"]])
         weights = self.model.get_weights()
         save_ndict(weights, os.path.join(folder, "weights.ndict.tar.gz"))
@@ -348,7 +354,10 @@ class Run:
 def stop_on_signals(run):
     """SIGINT/SIGTERM: finish the minibatch, checkpoint, and exit cleanly."""
     def handler(signum, _frame):
+        if run.stop_signal is not None:  # a second signal: stop now, without a checkpoint
+            raise KeyboardInterrupt
         run.stop_signal = signal.Signals(signum).name
+        print(f"{run.stop_signal}: stopping after this minibatch (again to stop at once)")
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
@@ -379,6 +388,8 @@ def config_differences(saved, current, keys):
 
 def resume_run(folder, cfg, modified):
     arrays, meta = load_checkpoint(folder)
+    if "config" not in meta:
+        raise CheckpointError(f"the checkpoint in {folder} has no saved config")
     user_set = {k for k in modified if k.split(".")[0] not in ("resume", "seed", "n_epochs")}
     differences = config_differences(meta["config"], cfg, user_set)
     if differences:
@@ -387,7 +398,11 @@ def resume_run(folder, cfg, modified):
     if "n_epochs" in modified:  # the one setting a resumed run may change: when to stop
         saved["n_epochs"] = cfg["n_epochs"]
     run = Run(saved, folder)
-    run.restore(arrays, meta)
+    try:
+        run.restore(arrays, meta)
+    except KeyError as err:
+        raise CheckpointError(f"the checkpoint in {folder} lacks {err}: written by another "
+                              f"version of this code?") from None
     print(f"Resuming {folder} at epoch {run.epoch}, step {run.step}")
     return run
 
@@ -397,6 +412,8 @@ def train(_config, _run):
     """Train, reporting test bits/dim, weights and samples into a run folder."""
     with user_errors():
         cfg = json.loads(json.dumps(_config))
+        if cfg["resume"] and not os.path.isdir(cfg["resume"]):
+            raise Error(f"resume={cfg['resume']}: no such run folder")
         if cfg["resume"]:
             sys.stdout = Tee(sys.stdout, os.path.join(cfg["resume"], "log.txt"))
             run = resume_run(cfg["resume"], cfg, _run.config_modifications.modified)
@@ -407,13 +424,14 @@ def train(_config, _run):
                 f.write(" ".join(shlex.quote(a) for a in ["python"] + sys.argv) + "\n")
             print(f"Run folder: {folder}")
             run = Run(cfg, folder)
-            run.start()
-            if cfg["est_marglik"] > 0:
-                data = run.test_x if cfg["est_marglik_data"] == "valid" else run.train_x
-                return estimate_marglik(run.model, data, cfg["n_batch"], cfg["est_marglik"],
-                                        cfg["shape_x"])
-        print("Training (the first minibatch compiles the training step)")
         with stop_on_signals(run):
+            if not cfg["resume"]:
+                run.start()  # a signal during its compile stops the run at the first step
+                if cfg["est_marglik"] > 0:
+                    data = run.test_x if cfg["est_marglik_data"] == "valid" else run.train_x
+                    return estimate_marglik(run.model, data, cfg["n_batch"],
+                                            cfg["est_marglik"], cfg["shape_x"])
+            print("Training (the first minibatch compiles the training step)")
             run.train()
         return run.best
 

@@ -32,6 +32,7 @@ def _openblas_ldflags():
     ctypes.CDLL(os.path.join(libdir, "libscipy_openblas.so"), mode=ctypes.RTLD_GLOBAL)
     renames = [f"-D{p}{r}_=scipy_{p}{r}_" for r in _BLAS_ROUTINES for p in "sd"]
     renames += [f"-Dopenblas_{f}_num_threads=scipy_openblas_{f}_num_threads" for f in ("set", "get")]
+    renames += ["-Dgoto_set_num_threads=scipy_goto_set_num_threads"]  # for openmp=True
     renames = " ".join(renames)
     return f"-L{libdir} -lscipy_openblas {renames}"
 

@@ -55,15 +55,19 @@ class MaskedConv2d(Conv2d):
     def __init__(self, params, rng, name, n_in, n_out, kernel, zerodiagonal=True,
                  flipmask=False):
         self.mask = ar_mask(n_out, n_in, kernel, zerodiagonal, flipmask)
+        # Before the norm, the original also zeroes the centre tap of the first output
+        # group (SPEC §3). Unflipped, the mask already holds those at 0; flipped it does not.
+        self.norm_mask = self.mask.copy()
+        if zerodiagonal:
+            group = n_out // n_in if n_out >= n_in else 1
+            self.norm_mask[:group, :, (kernel[0] - 1) // 2, (kernel[1] - 1) // 2] = 0
         super().__init__(params, rng, name, n_in, n_out, kernel)
 
     def initial_weights(self, rng, shape):
         return self.mask * super().initial_weights(rng, shape)
 
     def direction(self, w):
-        # The original also zeroes the centre tap of the first output group before the
-        # norm; the mask already holds those entries at 0, so that step changes nothing.
-        v = self.mask * w[self.w_name]
+        v = self.norm_mask * w[self.w_name]
         return v / (T.sqrt(T.sqr(v).sum(axis=(1, 2, 3), keepdims=True)) + self.norm_eps)
 
     def remask(self, new_w):

@@ -21,6 +21,9 @@ def atomic_write(path, write):
     """Call ``write(fileobj)`` on a temporary file, fsync it, then rename it to ``path``."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # as open() would, not mkstemp's owner-only 0600
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

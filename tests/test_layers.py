@@ -154,3 +154,14 @@ def test_gaussian_logps_matches_closed_form():
     z0, m0, lv0 = (rng.randn(5).astype(floatX) for _ in range(3))
     expected = -0.5 * np.log(2 * np.pi * np.exp(lv0)) - (z0 - m0) ** 2 / (2 * np.exp(lv0))
     np.testing.assert_allclose(f(z0, m0, lv0), expected, rtol=1e-5)
+
+
+def test_flipped_mask_still_zeroes_the_first_groups_centre_tap_as_the_original():
+    params = {}
+    conv = MaskedConv2d(params, np.random.RandomState(5), "f", 3, 3, (3, 3), zerodiagonal=True,
+                        flipmask=True)
+    params["f_w"].set_value(np.ones_like(params["f_w"].get_value()))
+    kernel = theano.function([], conv.kernel(params))()
+    assert conv.mask[:1, :, 1, 1].sum() > 0  # the flipped mask alone would keep these
+    assert np.all(kernel[:1, :, 1, 1] == 0)
+    assert np.any(kernel[1:, :, 1, 1] != 0)
