@@ -132,7 +132,3 @@ class Conv2d:
         if self.upsample > 1:
             h = depth_to_space(h, self.upsample)
         return h
-
-    def remask(self, new_w):
-        """Projection applied to this layer's weight after each optimiser step."""
-        return new_w

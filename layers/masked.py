@@ -71,6 +71,7 @@ class MaskedConv2d(Conv2d):
         return v / (T.sqrt(T.sqr(v).sum(axis=(1, 2, 3), keepdims=True)) + self.norm_eps)
 
     def remask(self, new_w):
+        """Re-apply the mask to this layer's weight after each optimiser step (SPEC §3)."""
         return self.mask * new_w
 
 

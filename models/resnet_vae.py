@@ -90,7 +90,7 @@ class VAELayer:
         c_up2 = n_h2 + n_z if up_sampled else n_h2
         c_post = 0 if up_sampled else 2 * n_z + (n_h2 if self.with_context else 0)
         self.c_prior = 2 * n_h2 if self.prior == "made" else n_h2 + 2 * n_z
-        convs = []
+        convs = []  # the masked convolutions of the prior and the posterior flow
         # Construction order follows the original, so a seed draws the same initial weights.
         if self.prior == "made":
             self.prior_net = IAFNetwork(params, rng, name + "_prior_conv1", n_z,
@@ -110,7 +110,7 @@ class VAELayer:
                                  self.c_prior + c_post, kernel)
         self.down_conv2 = Conv2d(params, rng, f"{name}_down_conv2_{ds}", n_h2 + n_z, n_h1,
                                  kernel, upsample=ds)
-        self.masked_convs = [c for c in convs if isinstance(c, MaskedConv2d)]
+        self.masked_convs = convs
 
     def _build_flow(self, params, rng, name, m):
         n_z, n_h2, kernel, depth_ar = m["n_z"], m["n_h2"], m["kernel_h"], m["depth_ar"]
