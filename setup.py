@@ -14,6 +14,7 @@ setup(
                 "Inverse Autoregressive Flow' (Kingma et al. 2016), in Theano, on the CPU",
     python_requires=">=3.8,<3.12",
     packages=["layers", "models", "data", "configs"],
+    package_data={"layers": ["gemm_conv.c"]},
     py_modules=["train"],
     install_requires=[
         "numpy==1.23.5",

@@ -62,6 +62,9 @@ class MaskedConv2d(Conv2d):
             group = n_out // n_in if n_out >= n_in else 1
             self.norm_mask[:group, :, (kernel[0] - 1) // 2, (kernel[1] - 1) // 2] = 0
         super().__init__(params, rng, name, n_in, n_out, kernel)
+        # Taps the mask zeroes for every filter cost nothing in the convolution.
+        used = self.norm_mask[:, :n_in].reshape(n_out, n_in, -1).any(axis=(0, 1))
+        self.taps = None if used.all() else tuple(np.flatnonzero(used))
 
     def initial_weights(self, rng, shape):
         return self.mask * super().initial_weights(rng, shape)

@@ -1,0 +1,97 @@
+"""The batched-GEMM convolution op against Theano's own conv2d (the plain version)."""
+import numpy as np
+import pytest
+
+from layers.backend import T, floatX, theano
+from layers.gemm_conv import gemm_conv2d
+
+
+def _conv_and_grads(conv):
+    """f(x, w, gy) -> (y, dL/dw, dL/dx) for L = sum(gy * conv(x, w))."""
+    x, w, gy = T.tensor4("x"), T.tensor4("w"), T.tensor4("gy")
+    y = conv(x, w)
+    grad_w, grad_x = T.grad(None, [w, x], known_grads={y: gy})
+    return theano.function([x, w, gy], [y, grad_w, grad_x])
+
+
+@pytest.fixture(scope="module")
+def ours():
+    return _conv_and_grads(gemm_conv2d)
+
+
+@pytest.fixture(scope="module")
+def theanos():
+    return _conv_and_grads(lambda x, w: T.nnet.conv2d(x, w, border_mode="half"))
+
+
+# (images, channels, height, width, filters, kernel): one group of images, several groups
+# (24x24 > 512 pixels, so one image per group), non-square images and kernels, 1x1.
+SHAPES = [(3, 5, 7, 6, 4, (3, 3)), (5, 2, 24, 24, 3, (3, 3)), (4, 3, 9, 5, 2, (5, 5)),
+          (2, 4, 6, 8, 3, (1, 5)), (3, 6, 5, 5, 7, (1, 1)), (17, 3, 8, 8, 5, (3, 3))]
+
+
+def _random_inputs(shape, seed=0):
+    n, c, height, width, f, (kh, kw) = shape
+    rng = np.random.RandomState(seed)
+    return (rng.randn(n, c, height, width).astype(floatX), rng.randn(f, c, kh, kw).astype(floatX),
+            rng.randn(n, f, height, width).astype(floatX))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_output_and_gradients_match_theano_conv2d(ours, theanos, shape):
+    inputs = _random_inputs(shape)
+    for got, want, name in zip(ours(*inputs), theanos(*inputs), ["y", "grad w", "grad x"]):
+        assert got.shape == want.shape, name
+        scale = np.abs(want).max()
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale, err_msg=name)
+
+
+def test_results_are_identical_on_every_call(ours):
+    # Several groups of images are shared between threads as they come free; the sums
+    # must not depend on which thread took which group.
+    inputs = _random_inputs((9, 3, 24, 24, 4, (3, 3)), seed=1)
+    first = ours(*inputs)
+    for _ in range(3):
+        for a, b in zip(first, ours(*inputs)):
+            assert np.array_equal(a, b)
+
+
+def test_mismatched_channels_give_a_clear_error(ours):
+    x, w, gy = _random_inputs((2, 3, 5, 5, 4, (3, 3)))
+    with pytest.raises(ValueError, match="GemmConv: input and filter channels differ"):
+        ours(x, w[:, :2], gy)
+
+
+def test_even_kernels_are_refused(ours):
+    x, w, gy = _random_inputs((2, 3, 5, 5, 4, (3, 3)))
+    with pytest.raises(ValueError, match="kernel sizes must be odd"):
+        ours(x, w[:, :, :2, :2], gy)
+
+
+TAPS = (0, 2, 4, 7)  # of a 3x3 kernel: (0, 0), (0, 2), (1, 1), (2, 1)
+
+
+@pytest.fixture(scope="module")
+def ours_with_taps():
+    return _conv_and_grads(lambda x, w: gemm_conv2d(x, w, TAPS))
+
+
+@pytest.fixture(scope="module")
+def theanos_zeroing_other_taps():
+    tap_mask = np.zeros((1, 1, 9), dtype=floatX)
+    tap_mask[..., list(TAPS)] = 1
+    tap_mask = tap_mask.reshape(1, 1, 3, 3)
+    return _conv_and_grads(lambda x, w: T.nnet.conv2d(x, w * tap_mask, border_mode="half"))
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6, 4, (3, 3)), (5, 2, 24, 24, 3, (3, 3))])
+def test_listed_taps_equal_a_kernel_zeroed_elsewhere(ours_with_taps, theanos_zeroing_other_taps,
+                                                     shape):
+    inputs = _random_inputs(shape)
+    got_all = ours_with_taps(*inputs)
+    want_all = theanos_zeroing_other_taps(*inputs)
+    for got, want, name in zip(got_all, want_all, ["y", "grad w", "grad x"]):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=name)
+    unused = [t for t in range(9) if t not in TAPS]
+    assert not got_all[1].reshape(got_all[1].shape[:2] + (9,))[..., unused].any()
