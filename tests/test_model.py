@@ -101,6 +101,23 @@ def grad_fn(model):
     return names, theano.function([x], [cost] + grads)
 
 
+def _ops(function):
+    return {type(node.op).__name__ for node in function.maker.fgraph.apply_nodes}
+
+
+def test_batched_gemm_convolutions_match_theano_conv2d(fresh, grad_fn, monkeypatch):
+    names, fast = grad_fn
+    monkeypatch.setattr(Conv2d, "batched_gemm", False)  # the plain version, same weights
+    x = T.tensor4("x", dtype="uint8")
+    cost = fresh._graph(x, fresh.params)["cost"].sum()
+    grads = T.grad(cost, [fresh.params[n] for n in names], disconnected_inputs="ignore")
+    plain = theano.function([x], [cost] + grads)
+    assert "GemmConv" in _ops(fast) and "GemmConv" not in _ops(plain)
+    for name, got, want in zip(["cost"] + names, fast(batch()), plain(batch())):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(),
+                                   err_msg=name)
+
+
 def test_data_init_gives_the_stated_statistics(fresh, monkeypatch):
     outputs = []
 
