@@ -7,7 +7,7 @@
  * (n, p, q), so each pass is a few large GEMMs with w viewed as an (F, C*kh*kw) matrix.
  * A masked (autoregressive) convolution has kernel taps that are zero for every filter;
  * the column matrix then holds only the other taps, which saves their multiply-adds.
- * All arrays are C-contiguous float32. Functions return 0, or -1 when out of memory.
+ * All arrays are C-contiguous float32, N > 0. Functions return 0, or -1 when out of memory.
  */
 
 /* The kernel taps (flat index i * kw + j) in the column matrix: all kh * kw of them when
@@ -114,13 +114,13 @@ static void iafconv_swap_axes(const float* a, float* b, int A, int B, long L)
             memcpy(b + ((long)ib * A + ia) * L, a + ((long)ia * B + ib) * L, L * sizeof(float));
 }
 
-/* Row-major products on top of the column-major Fortran sgemm_ (a row-major (r, c) matrix
- * is a column-major (c, r) one): out = a . b (beta 0) or out += a . b (beta 1). */
+/* out = op(a) . op(b) with the column-major Fortran sgemm_; the callers pass row-major
+ * matrices, each of which is the transpose seen column-major. */
 static void iafconv_gemm(char ta, char tb, int m, int n, int k, const float* a, int lda,
-                         const float* b, int ldb, float beta, float* out, int ldo)
+                         const float* b, int ldb, float* out, int ldo)
 {
-    const float one = 1.0f;
-    sgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &beta, out, &ldo);
+    const float one = 1.0f, zero = 0.0f;
+    sgemm_(&ta, &tb, &m, &n, &k, &one, a, &lda, b, &ldb, &zero, out, &ldo);
 }
 
 /* OpenBLAS's own threads are switched off while our threads each call it (weak, so that
@@ -139,18 +139,20 @@ static int iafconv_chunk_images(int N, long HW)
     return (int)(k < N ? k : N);
 }
 
-/* A per-thread scratch area, kept between calls (grown when needed). */
-static float* iafconv_scratch(size_t floats_per_thread, int threads)
+/* Work areas kept between calls (grown when needed), so that the hot loop does not map
+ * fresh pages each time: the threads' scratch, partial sums, used-tap weights. */
+enum { IAFCONV_SCRATCH, IAFCONV_PARTIAL, IAFCONV_USED_TAPS, IAFCONV_BUFFERS };
+
+static float* iafconv_buffer(int which, size_t floats)
 {
-    static float* buffer = NULL;
-    static size_t size = 0;
-    const size_t need = floats_per_thread * threads;
-    if (need > size) {
-        free(buffer);
-        buffer = (float*)malloc(need * sizeof(float));
-        size = buffer ? need : 0;
+    static float* buffers[IAFCONV_BUFFERS];
+    static size_t sizes[IAFCONV_BUFFERS];
+    if (floats > sizes[which]) {
+        free(buffers[which]);
+        buffers[which] = (float*)malloc(floats * sizeof(float));
+        sizes[which] = buffers[which] ? floats : 0;
     }
-    return buffer;
+    return buffers[which];
 }
 
 /* Runs body(chunk, first image n0, images nc, thread scratch) for every chunk on all
@@ -161,7 +163,7 @@ static float* iafconv_scratch(size_t floats_per_thread, int threads)
         const int chunks_ = (N + nc_ - 1) / nc_;                                        \
         const int threads_ = chunks_ < omp_get_max_threads() ? chunks_ : omp_get_max_threads(); \
         const size_t per_thread_ = (scratch_floats);                                    \
-        float* scratch_all_ = iafconv_scratch(per_thread_, threads_);                   \
+        float* scratch_all_ = iafconv_buffer(IAFCONV_SCRATCH, per_thread_ * threads_);  \
         if (!scratch_all_) { status = -1; break; }                                     \
         const int blas_threads_ = openblas_get_num_threads ? openblas_get_num_threads() : 1; \
         if (openblas_set_num_threads) openblas_set_num_threads(1);                      \
@@ -180,7 +182,7 @@ static int iafconv_forward(const float* x, const float* w, float* y, int N, int 
 {
     const long HW = (long)H * W, K = (long)C * taps->n;
     const long cols = iafconv_chunk_images(N, HW) * HW;
-    float* w_used = taps->index ? (float*)malloc((size_t)F * K * sizeof(float)) : NULL;
+    float* w_used = taps->index ? iafconv_buffer(IAFCONV_USED_TAPS, (size_t)F * K) : NULL;
     if (taps->index && !w_used) return -1;
     const float* wk = iafconv_used_taps(w, w_used, F, C, taps);
     int status = 0;
@@ -189,10 +191,9 @@ static int iafconv_forward(const float* x, const float* w, float* y, int N, int 
         float* y_fn = scratch + K * cols;
         iafconv_im2col(x + n0 * C * HW, columns, nc, C, H, W, taps);
         /* y_fn (F, nc HW) = w (F, K) . columns (K, nc HW) */
-        iafconv_gemm('N', 'N', nc * HW, F, K, columns, nc * HW, wk, K, 0.0f, y_fn, nc * HW);
+        iafconv_gemm('N', 'N', nc * HW, F, K, columns, nc * HW, wk, K, y_fn, nc * HW);
         iafconv_swap_axes(y_fn, y + n0 * F * HW, F, nc, HW);
     });
-    free(w_used);
     return status;
 }
 
@@ -207,7 +208,7 @@ static int iafconv_grad_weights(const float* x, const float* gy, float* gw, int 
     /* Partial sums for all chunks but the first, which writes the result directly when
      * every tap is used. */
     const int own_first = !taps->index;
-    float* partial = (float*)malloc((size_t)(chunks - own_first + 1) * F * K * sizeof(float));
+    float* partial = iafconv_buffer(IAFCONV_PARTIAL, (size_t)(chunks - own_first + 1) * F * K);
     if (!partial) return -1;
     int status = 0;
     IAFCONV_FOR_CHUNKS(N, HW, (K + F) * cols, {
@@ -217,9 +218,9 @@ static int iafconv_grad_weights(const float* x, const float* gy, float* gw, int 
         iafconv_im2col(x + n0 * C * HW, columns, nc, C, H, W, taps);
         iafconv_swap_axes(gy + n0 * F * HW, gy_fn, nc, F, HW);
         /* out (F, K) = gy_fn (F, nc HW) . columns (K, nc HW)^T */
-        iafconv_gemm('T', 'N', K, F, nc * HW, columns, nc * HW, gy_fn, nc * HW, 0.0f, out, K);
+        iafconv_gemm('T', 'N', K, F, nc * HW, columns, nc * HW, gy_fn, nc * HW, out, K);
     });
-    if (status) { free(partial); return status; }
+    if (status) return status;
     float* sum = own_first ? gw : partial + chunks * F * K;
     #pragma omp parallel for schedule(static)
     for (long e = 0; e < F * K; ++e) {
@@ -229,7 +230,6 @@ static int iafconv_grad_weights(const float* x, const float* gy, float* gw, int 
         sum[e] = total;
     }
     if (!own_first) iafconv_all_taps(sum, gw, F, C, taps);
-    free(partial);
     return 0;
 }
 
@@ -239,7 +239,7 @@ static int iafconv_grad_inputs(const float* w, const float* gy, float* gx, int N
 {
     const long HW = (long)H * W, K = (long)C * taps->n;
     const long cols = iafconv_chunk_images(N, HW) * HW;
-    float* w_used = taps->index ? (float*)malloc((size_t)F * K * sizeof(float)) : NULL;
+    float* w_used = taps->index ? iafconv_buffer(IAFCONV_USED_TAPS, (size_t)F * K) : NULL;
     if (taps->index && !w_used) return -1;
     const float* wk = iafconv_used_taps(w, w_used, F, C, taps);
     int status = 0;
@@ -248,9 +248,8 @@ static int iafconv_grad_inputs(const float* w, const float* gy, float* gx, int N
         float* gy_fn = scratch + K * cols;
         iafconv_swap_axes(gy + n0 * F * HW, gy_fn, nc, F, HW);
         /* columns (K, nc HW) = w (F, K)^T . gy_fn (F, nc HW) */
-        iafconv_gemm('N', 'T', nc * HW, K, F, gy_fn, nc * HW, wk, K, 0.0f, columns, nc * HW);
+        iafconv_gemm('N', 'T', nc * HW, K, F, gy_fn, nc * HW, wk, K, columns, nc * HW);
         iafconv_col2im(columns, gx + n0 * C * HW, nc, C, H, W, taps);
     });
-    free(w_used);
     return status;
 }

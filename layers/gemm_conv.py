@@ -39,7 +39,10 @@ _C_CODE = """
                 Py_XDECREF(%(out)s);
                 %(out)s = (PyArrayObject*)PyArray_EMPTY(4, out_dims, NPY_FLOAT32, 0);
             }
-            if (%(out)s) {
+            if (%(out)s && N == 0) {  /* no images: empty, or a zero weight gradient */
+                memset(PyArray_DATA(%(out)s), 0, PyArray_NBYTES(%(out)s));
+                status = 0;
+            } else if (%(out)s) {
                 status = %(function)s((const float*)PyArray_DATA(a), (const float*)PyArray_DATA(b),
                                       (float*)PyArray_DATA(%(out)s), N, C, H, W, F, &taps);
                 if (status) PyErr_NoMemory();

@@ -56,6 +56,13 @@ def test_results_are_identical_on_every_call(ours):
             assert np.array_equal(a, b)
 
 
+def test_an_empty_minibatch_gives_empty_outputs_and_a_zero_weight_gradient(ours):
+    x, w, gy = _random_inputs((0, 3, 5, 5, 4, (3, 3)))
+    y, grad_w, grad_x = ours(x, w, gy)
+    assert y.shape == (0, 4, 5, 5) and grad_x.shape == x.shape
+    assert grad_w.shape == w.shape and not grad_w.any()
+
+
 def test_mismatched_channels_give_a_clear_error(ours):
     x, w, gy = _random_inputs((2, 3, 5, 5, 4, (3, 3)))
     with pytest.raises(ValueError, match="GemmConv: input and filter channels differ"):
