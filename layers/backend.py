@@ -9,11 +9,14 @@ later value of a key win) and skips any key the user set in ``.theanorc``:
   numpy's own bundled OpenBLAS is ILP64 with suffixed symbols, which Theano cannot call.
   The wheel prefixes its symbols with ``scipy_``; Theano passes non ``-l/-L`` tokens of
   ``blas.ldflags`` to the compiler, so ``-Dsgemm_=scipy_sgemm_`` renames the calls.
+- ``openmp=True``: Theano's large elementwise ops (and its CorrMM convolutions) use all
+  cores, like our own convolution op (``gemm_conv.py``); ``OMP_NUM_THREADS`` sets how many.
 - ``base_compiledir``: a cache folder of our own, so that these flags never mix with
   modules compiled under other settings.
 """
 import configparser
 import ctypes
+import hashlib
 import os
 import sys
 
@@ -53,6 +56,7 @@ def default_flags():
     """Our defaults as a dict of Theano flag name -> value."""
     flags = {
         "floatX": "float32",
+        "openmp": "True",
         "base_compiledir": os.path.join(os.path.expanduser("~"), ".cache", "iaf-theano"),
     }
     # Always set: Theano's own BLAS detection fails with numpy >= 1.22 (no blas_opt_info);
@@ -83,3 +87,9 @@ from theano.ifelse import ifelse  # noqa: E402,F401
 from theano.sandbox.rng_mrg import MRG_RandomStreams  # noqa: E402,F401
 
 floatX = theano.config.floatX
+
+
+def c_code_version(source):
+    """A Theano ``c_code_cache_version`` for our C ops: Theano reuses a compiled module
+    while this is unchanged, so it hashes the op's C source."""
+    return (hashlib.sha256(source.encode()).hexdigest(),)

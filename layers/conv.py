@@ -8,6 +8,7 @@ import numpy as np
 
 from .backend import T, floatX, theano
 from .gemm_conv import gemm_conv2d
+from .weight_norm import weight_norm
 
 
 def shared(value):
@@ -87,9 +88,10 @@ class Conv2d:
     init_target_std = 0.1
     init_eps = 1e-7
     norm_eps = 0.0
-    # Stride-1 convolutions run on the batched-GEMM op (same sums, about 2x faster on
-    # CPU); False gives Theano's own conv2d everywhere, the plain version it is tested on.
-    batched_gemm = True
+    # Our C ops: stride-1 convolutions on the batched-GEMM op (gemm_conv.py) and the
+    # weight norm as one op (weight_norm.py); same sums, much faster on CPU. False gives
+    # plain Theano expressions and conv2d, the version they are tested against.
+    custom_ops = True
 
     def __init__(self, params, rng, name, n_in, n_out, kernel, downsample=1, upsample=1):
         self.name, name_w = split_shared_name(name)
@@ -109,20 +111,24 @@ class Conv2d:
     def initial_weights(self, rng, shape):
         return 0.05 * rng.randn(*shape)
 
-    def direction(self, w):
-        """The unit-norm kernel ``w / ||w||`` (norm per output channel)."""
-        v = w[self.w_name]
-        return v / (T.sqrt(T.sqr(v).sum(axis=(1, 2, 3), keepdims=True)) + self.norm_eps)
+    def unnormalised(self, w):
+        """The weight before normalisation (masked convolutions mask it)."""
+        return w[self.w_name]
 
     def kernel(self, w):
-        return self.direction(w) * T.exp(3 * w[self.s_name]).dimshuffle(0, "x", "x", "x")
+        """``v / (||v|| + norm_eps) * exp(3 s)``, the norm per output channel (SPEC §2)."""
+        v, s = self.unnormalised(w), w[self.s_name]
+        if self.custom_ops:
+            return weight_norm(v, s, self.norm_eps)
+        norm = T.sqrt(T.sqr(v).sum(axis=(1, 2, 3), keepdims=True))
+        return v / (norm + self.norm_eps) * T.exp(3 * s).dimshuffle(0, "x", "x", "x")
 
     # Kernel positions (flat i * kw + j) that can be nonzero; None: all.
     taps = None
 
     def convolve(self, x, kernel):
         """Zero-padded convolution of x with the kernel, at this layer's stride."""
-        if self.downsample == 1 and self.batched_gemm:
+        if self.downsample == 1 and self.custom_ops:
             return gemm_conv2d(x, kernel, self.taps)
         stride = (self.downsample, self.downsample)
         return T.nnet.conv2d(x, kernel, border_mode=self.pad, subsample=stride)

@@ -10,14 +10,13 @@ busy with large products and no intermediate is ever larger than a group. The gr
 ops rebuild the columns instead of keeping them from the forward pass, so memory stays
 that of the inputs. The C code is in ``gemm_conv.c``.
 """
-import hashlib
 from pathlib import Path
 
 from theano import gof
 from theano.tensor.blas import ldflags
 from theano.tensor.blas_headers import blas_header_text, blas_header_version
 
-from .backend import T
+from .backend import T, c_code_version
 
 _C_SOURCE = (Path(__file__).parent / "gemm_conv.c").read_text()
 
@@ -120,11 +119,8 @@ class _GemmConvOp(gof.Op):
         return ldflags(libs=False, include_dir=True)
 
     def c_code_cache_version(self):
-        return (_C_HASH, blas_header_version())
+        return c_code_version(_C_SOURCE + _C_CODE) + blas_header_version()
 
-
-# Theano reuses a compiled module while this version is unchanged.
-_C_HASH = hashlib.sha256((_C_SOURCE + _C_CODE).encode()).hexdigest()
 _ODD_KERNEL = [("kh % 2 == 0 || kw % 2 == 0", "kernel sizes must be odd")]
 _IMAGES = {"N": ("a", 0), "C": ("a", 1), "H": ("a", 2), "W": ("a", 3)}
 

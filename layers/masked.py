@@ -69,9 +69,8 @@ class MaskedConv2d(Conv2d):
     def initial_weights(self, rng, shape):
         return self.mask * super().initial_weights(rng, shape)
 
-    def direction(self, w):
-        v = self.norm_mask * w[self.w_name]
-        return v / (T.sqrt(T.sqr(v).sum(axis=(1, 2, 3), keepdims=True)) + self.norm_eps)
+    def unnormalised(self, w):
+        return self.norm_mask * w[self.w_name]
 
     def remask(self, new_w):
         """Re-apply the mask to this layer's weight after each optimiser step (SPEC §3)."""

@@ -105,14 +105,15 @@ def _ops(function):
     return {type(node.op).__name__ for node in function.maker.fgraph.apply_nodes}
 
 
-def test_batched_gemm_convolutions_match_theano_conv2d(fresh, grad_fn, monkeypatch):
+def test_custom_ops_match_plain_theano_in_cost_and_all_gradients(fresh, grad_fn, monkeypatch):
     names, fast = grad_fn
-    monkeypatch.setattr(Conv2d, "batched_gemm", False)  # the plain version, same weights
+    monkeypatch.setattr(Conv2d, "custom_ops", False)  # the plain version, same weights
     x = T.tensor4("x", dtype="uint8")
     cost = fresh._graph(x, fresh.params)["cost"].sum()
     grads = T.grad(cost, [fresh.params[n] for n in names], disconnected_inputs="ignore")
     plain = theano.function([x], [cost] + grads)
-    assert "GemmConv" in _ops(fast) and "GemmConv" not in _ops(plain)
+    for op in ("GemmConv", "WeightNorm"):
+        assert op in _ops(fast) and op not in _ops(plain)
     for name, got, want in zip(["cost"] + names, fast(batch()), plain(batch())):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * np.abs(want).max(),
                                    err_msg=name)

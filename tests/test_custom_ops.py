@@ -1,9 +1,11 @@
-"""The batched-GEMM convolution op against Theano's own conv2d (the plain version)."""
+"""Our C ops against the plain Theano they replace: the batched-GEMM convolution against
+Theano's conv2d, the weight-norm op against its elementwise expression."""
 import numpy as np
 import pytest
 
 from layers.backend import T, floatX, theano
 from layers.gemm_conv import gemm_conv2d
+from layers.weight_norm import weight_norm
 
 
 def _conv_and_grads(conv):
@@ -102,3 +104,43 @@ def test_listed_taps_equal_a_kernel_zeroed_elsewhere(ours_with_taps, theanos_zer
                                    err_msg=name)
     unused = [t for t in range(9) if t not in TAPS]
     assert not got_all[1].reshape(got_all[1].shape[:2] + (9,))[..., unused].any()
+
+
+def _weight_norm_and_grads(norm, eps):
+    """f(v, s, g) -> (kernel, dL/dv, dL/ds) for L = sum(g * kernel)."""
+    v, s, g = T.tensor4("v"), T.vector("s"), T.tensor4("g")
+    kernel = norm(v, s, eps)
+    return theano.function([v, s, g], [kernel] + T.grad(None, [v, s], known_grads={kernel: g}))
+
+
+def _plain_weight_norm(v, s, eps):
+    norm = T.sqrt(T.sqr(v).sum(axis=(1, 2, 3), keepdims=True))
+    return v / (norm + eps) * T.exp(3 * s).dimshuffle(0, "x", "x", "x")
+
+
+@pytest.mark.parametrize("eps", [0.0, 1e-8])
+def test_weight_norm_op_matches_the_plain_expression(eps):
+    ours_wn = _weight_norm_and_grads(weight_norm, eps)
+    plain = _weight_norm_and_grads(_plain_weight_norm, eps)
+    rng = np.random.RandomState(2)
+    inputs = (rng.randn(5, 4, 3, 3).astype(floatX), 0.3 * rng.randn(5).astype(floatX),
+              rng.randn(5, 4, 3, 3).astype(floatX))
+    for got, want, name in zip(ours_wn(*inputs), plain(*inputs), ["kernel", "grad v", "grad s"]):
+        assert got.shape == want.shape, name
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max(),
+                                   err_msg=name)
+    # Each filter comes out with norm exp(3 s).
+    kernel = ours_wn(*inputs)[0]
+    np.testing.assert_allclose(np.sqrt((kernel ** 2).sum(axis=(1, 2, 3))), np.exp(3 * inputs[1]),
+                               rtol=1e-5)
+
+
+def test_weight_norm_of_a_fully_masked_filter_has_finite_gradients():
+    # A masked convolution can zero a whole filter; the norm's epsilon keeps it at 0.
+    ours_wn = _weight_norm_and_grads(weight_norm, 1e-8)
+    rng = np.random.RandomState(3)
+    v = rng.randn(3, 2, 3, 3).astype(floatX)
+    v[1] = 0
+    kernel, grad_v, grad_s = ours_wn(v, np.zeros(3, floatX), rng.randn(3, 2, 3, 3).astype(floatX))
+    assert not kernel[1].any()
+    assert np.isfinite(grad_v).all() and np.isfinite(grad_s).all() and grad_s[1] == 0
