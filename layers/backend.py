@@ -88,7 +88,7 @@ configure()
 
 import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402,F401  (re-exported)
-from theano.ifelse import ifelse  # noqa: E402,F401
+from theano.ifelse import IfElse  # noqa: E402,F401
 from theano.sandbox.rng_mrg import MRG_RandomStreams  # noqa: E402,F401
 
 floatX = theano.config.floatX

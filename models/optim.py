@@ -3,8 +3,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from layers.backend import T, floatX, theano
-from theano.ifelse import IfElse
+from layers.backend import IfElse, T, floatX, theano
 
 
 def _zeros_like(var, fill=0.0):
