@@ -4,6 +4,8 @@ A layer is a small object: its constructor creates its parameters (Theano shared
 in the model's parameter dict; calling it with an input and *a* parameter dict (the trained
 weights, their Polyak averages, or a `DataInit`) applies it.
 """
+import os
+
 import numpy as np
 
 from .backend import T, floatX, theano
@@ -89,9 +91,10 @@ class Conv2d:
     init_eps = 1e-7
     norm_eps = 0.0
     # Our C ops: stride-1 convolutions on the batched-GEMM op (gemm_conv.py) and the
-    # weight norm as one op (weight_norm.py); same sums, much faster on CPU. False gives
-    # plain Theano expressions and conv2d, the version they are tested against.
-    custom_ops = True
+    # weight norm as one op (weight_norm.py); same sums, much faster on CPU. False (or the
+    # environment variable IAF_CUSTOM_OPS=0) gives plain Theano expressions and conv2d,
+    # the version they are tested against.
+    custom_ops = os.environ.get("IAF_CUSTOM_OPS", "1") != "0"
 
     def __init__(self, params, rng, name, n_in, n_out, kernel, downsample=1, upsample=1):
         self.name, name_w = split_shared_name(name)
