@@ -95,6 +95,7 @@ class Conv2d:
     # environment variable IAF_CUSTOM_OPS=0) gives plain Theano expressions and conv2d,
     # the version they are tested against.
     custom_ops = os.environ.get("IAF_CUSTOM_OPS", "1") != "0"
+    taps = None  # kernel positions (flat i * kw + j) that can be nonzero; None: all
 
     def __init__(self, params, rng, name, n_in, n_out, kernel, downsample=1, upsample=1):
         self.name, name_w = split_shared_name(name)
@@ -125,9 +126,6 @@ class Conv2d:
             return weight_norm(v, s, self.norm_eps)
         norm = T.sqrt(T.sqr(v).sum(axis=(1, 2, 3), keepdims=True))
         return v / (norm + self.norm_eps) * T.exp(3 * s).dimshuffle(0, "x", "x", "x")
-
-    # Kernel positions (flat i * kw + j) that can be nonzero; None: all.
-    taps = None
 
     def convolve(self, x, kernel):
         """Zero-padded convolution of x with the kernel, at this layer's stride."""

@@ -15,7 +15,8 @@ from models import load_ndict
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["problem=toy", "n_train=48", "n_batch=8", "n_epochs=3", "n_h=8", "n_z=4",
+# Long enough (96 steps) that a run is still going when the test interrupts it.
+TINY = ["problem=toy", "n_train=96", "n_batch=8", "n_epochs=8", "n_h=8", "n_z=4",
         "depths=[1,1]", "seed=11", "checkpoint_minutes=0"]
 
 
@@ -40,7 +41,7 @@ def start_and_signal(args, logs, sig, after_steps):
             seen.add(ckpt.stat().st_mtime_ns)
         if len(seen) >= after_steps:
             break
-        time.sleep(0.02)
+        time.sleep(0.005)
     assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=300)
