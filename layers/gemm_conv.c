@@ -84,18 +84,6 @@ static void iafconv_col2im(const float* cols, float* x, int N, int C, int H, int
     }
 }
 
-/* w (F, C, kh * kw) -> out (F, C, T), the used taps only. Returns w when all are used. */
-static const float* iafconv_used_taps(const float* w, float* out, int F, int C,
-                                      const iafconv_taps* taps)
-{
-    if (!taps->index) return w;
-    const int KK = taps->kh * taps->kw;
-    for (long fc = 0; fc < (long)F * C; ++fc)
-        for (int t = 0; t < taps->n; ++t)
-            out[fc * taps->n + t] = w[fc * KK + taps->index[t]];
-    return out;
-}
-
 /* The inverse: g (F, C, T) -> gw (F, C, kh * kw), zero at the unused taps. */
 static void iafconv_all_taps(const float* g, float* gw, int F, int C, const iafconv_taps* taps)
 {
@@ -155,6 +143,20 @@ static float* iafconv_buffer(int which, size_t floats)
     return buffers[which];
 }
 
+/* w (F, C, kh * kw) with only the used taps, (F, C, T): w itself when all are used, else
+ * a copy in a work area. NULL when out of memory. */
+static const float* iafconv_used_taps(const float* w, int F, int C, const iafconv_taps* taps)
+{
+    if (!taps->index) return w;
+    float* out = iafconv_buffer(IAFCONV_USED_TAPS, (size_t)F * C * taps->n);
+    if (!out) return NULL;
+    const int KK = taps->kh * taps->kw;
+    for (long fc = 0; fc < (long)F * C; ++fc)
+        for (int t = 0; t < taps->n; ++t)
+            out[fc * taps->n + t] = w[fc * KK + taps->index[t]];
+    return out;
+}
+
 /* Runs body(chunk, first image n0, images nc, thread scratch) for every chunk on all
  * threads; sets status to -1 when out of memory. */
 #define IAFCONV_FOR_CHUNKS(N, HW, scratch_floats, body)                                  \
@@ -182,9 +184,8 @@ static int iafconv_forward(const float* x, const float* w, float* y, int N, int 
 {
     const long HW = (long)H * W, K = (long)C * taps->n;
     const long cols = iafconv_chunk_images(N, HW) * HW;
-    float* w_used = taps->index ? iafconv_buffer(IAFCONV_USED_TAPS, (size_t)F * K) : NULL;
-    if (taps->index && !w_used) return -1;
-    const float* wk = iafconv_used_taps(w, w_used, F, C, taps);
+    const float* wk = iafconv_used_taps(w, F, C, taps);
+    if (!wk) return -1;
     int status = 0;
     IAFCONV_FOR_CHUNKS(N, HW, (K + F) * cols, {
         float* columns = scratch;
@@ -205,31 +206,28 @@ static int iafconv_grad_weights(const float* x, const float* gy, float* gw, int 
     const long HW = (long)H * W, K = (long)C * taps->n;
     const int nc_max = iafconv_chunk_images(N, HW), chunks = (N + nc_max - 1) / nc_max;
     const long cols = nc_max * HW;
-    /* Partial sums for all chunks but the first, which writes the result directly when
-     * every tap is used. */
-    const int own_first = !taps->index;
-    float* partial = iafconv_buffer(IAFCONV_PARTIAL, (size_t)(chunks - own_first + 1) * F * K);
+    /* One (F, K) partial sum per chunk, and their total (gw itself when all taps are used). */
+    float* partial = iafconv_buffer(IAFCONV_PARTIAL, (size_t)(chunks + 1) * F * K);
     if (!partial) return -1;
     int status = 0;
     IAFCONV_FOR_CHUNKS(N, HW, (K + F) * cols, {
         float* columns = scratch;
         float* gy_fn = scratch + K * cols;
-        float* out = own_first && chunk == 0 ? gw : partial + (chunk - own_first) * F * K;
         iafconv_im2col(x + n0 * C * HW, columns, nc, C, H, W, taps);
         iafconv_swap_axes(gy + n0 * F * HW, gy_fn, nc, F, HW);
-        /* out (F, K) = gy_fn (F, nc HW) . columns (K, nc HW)^T */
-        iafconv_gemm('T', 'N', K, F, nc * HW, columns, nc * HW, gy_fn, nc * HW, out, K);
+        /* partial (F, K) = gy_fn (F, nc HW) . columns (K, nc HW)^T */
+        iafconv_gemm('T', 'N', K, F, nc * HW, columns, nc * HW, gy_fn, nc * HW,
+                     partial + chunk * F * K, K);
     });
     if (status) return status;
-    float* sum = own_first ? gw : partial + chunks * F * K;
+    float* sum = taps->index ? partial + chunks * F * K : gw;
     #pragma omp parallel for schedule(static)
     for (long e = 0; e < F * K; ++e) {
-        float total = own_first ? gw[e] : 0.0f;
-        for (int chunk = own_first; chunk < chunks; ++chunk)
-            total += partial[(chunk - own_first) * F * K + e];
+        float total = partial[e];
+        for (int chunk = 1; chunk < chunks; ++chunk) total += partial[chunk * F * K + e];
         sum[e] = total;
     }
-    if (!own_first) iafconv_all_taps(sum, gw, F, C, taps);
+    if (taps->index) iafconv_all_taps(sum, gw, F, C, taps);
     return 0;
 }
 
@@ -239,9 +237,8 @@ static int iafconv_grad_inputs(const float* w, const float* gy, float* gx, int N
 {
     const long HW = (long)H * W, K = (long)C * taps->n;
     const long cols = iafconv_chunk_images(N, HW) * HW;
-    float* w_used = taps->index ? iafconv_buffer(IAFCONV_USED_TAPS, (size_t)F * K) : NULL;
-    if (taps->index && !w_used) return -1;
-    const float* wk = iafconv_used_taps(w, w_used, F, C, taps);
+    const float* wk = iafconv_used_taps(w, F, C, taps);
+    if (!wk) return -1;
     int status = 0;
     IAFCONV_FOR_CHUNKS(N, HW, (K + F) * cols, {
         float* columns = scratch;
