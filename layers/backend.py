@@ -142,8 +142,7 @@ def _cache_ops_without_props():
     from theano.gof.op import COp
 
     def c_code_cache_version(self):
-        digest = hashlib.sha256("\0".join(self.func_codes).encode()).hexdigest()
-        version = (int(digest[:15], 16),)
+        version = c_code_version("\0".join(self.func_codes))
         if hasattr(self, "params_type"):
             version += (self.params_type.c_code_cache_version(),)
         return version
