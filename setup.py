@@ -4,6 +4,9 @@ Pins that work together: Theano 1.0.5 needs numpy < 1.24 (it uses ``np.bool``), 
 1.23.5. BLAS comes from the ``scipy-openblas32`` wheel (see layers/backend.py). scipy is
 not needed: we only use Theano's compiled C modes; its Python-mode convolution would need
 an old scipy (``pip install scipy==1.10.1``) and is never selected by this code.
+Figures use matplotlib and Pillow. matplotlib 3.11 requires numpy >= 1.25, so it is excluded
+explicitly (<3.11) rather than left for pip to discover by backtracking; 3.7-3.10 accept
+numpy 1.23 and between them cover Python 3.8-3.11.
 """
 from setuptools import setup
 
@@ -22,6 +25,8 @@ setup(
         "scipy-openblas32>=0.3.27",
         "sacred==0.8.7",
         "six>=1.16",
+        "matplotlib>=3.7,<3.11",
+        "Pillow>=9",
     ],
     extras_require={"test": ["pytest>=7"]},
 )

@@ -27,12 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def model_args(named):
-    top = {"n_h": 160, "n_z": 32, "depths": [2, 2], **named}
-    return dict(n_h1=top["n_h"], n_h2=top["n_h"], n_z=top["n_z"], depths=top["depths"],
-                **named.get("margs", {}))
-
-
 def conv_flops(model, n):
     """Multiply-add FLOPs (x2) of every convolution of one forward pass on ``n`` images,
     counting the pad channel as the original's materialised input channel does."""
@@ -47,14 +41,12 @@ def conv_flops(model, n):
     _, height, width = model.shape_x
     total = flops(model.x_enc, height, width) + flops(model.x_dec, height // 2, width // 2)
     size = height // 2
-    for i, level in enumerate(model.layers):
-        for j, layer in enumerate(level):
-            size_in, size = size, height // 2 ** (i + 1)
-            convs = [c for c in vars(layer).values() if isinstance(c, Conv2d)]
-            convs += layer.masked_convs
-            for conv in convs:
-                at = size_in if conv in (layer.up_conv1, getattr(layer, "up_conv3", None)) else size
-                total += flops(conv, at, at)
+    for (i, _), layer in model.layers.items():
+        size_in, size = size, height // 2 ** (i + 1)
+        convs = [c for c in vars(layer).values() if isinstance(c, Conv2d)]
+        for conv in convs + layer.masked_convs:
+            at = size_in if conv in (layer.up_conv1, getattr(layer, "up_conv3", None)) else size
+            total += flops(conv, at, at)
     return total
 
 
@@ -62,30 +54,31 @@ def measure(name, n_steps, n_batch):
     """Runs in a child process: build, compile, time; prints one JSON line."""
     import numpy as np
 
-    from configs import NAMED_CONFIGS
     from layers.backend import T, theano
-    from models import ResNetVAE
+    from models import ModelConfig, ResNetVAE
+    from train import resolved_config
 
     t_start = time.time()
-    model = ResNetVAE(**model_args(NAMED_CONFIGS[name]))
+    model = ResNetVAE(ModelConfig(**resolved_config(name)["margs"]))
     x = np.random.RandomState(0).randint(0, 256, (n_batch, 3, 32, 32)).astype(np.uint8)
+    images = range(n_batch)
     t0 = time.time()
-    model.data_init(x)
+    model.data_init(x, model.noise("init", 0, images))
     init_s = time.time() - t0
     t0 = time.time()
-    model.train_step(x)
+    model.train_step(x, model.noise("train", 0, images))
     first_step_s = time.time() - t0  # compile + one step
     start_to_first_step_s = time.time() - t_start
     times = []
-    for _ in range(n_steps):
+    for step in range(n_steps):  # as the training loop: the step's noise, then the step
         t0 = time.time()
-        model.train_step(x)
+        model.train_step(x, model.noise("train", step, images))
         times.append(time.time() - t0)
-    model.evaluate(x)  # compile
+    model.evaluate(x, model.noise("eval", 0, images))  # compile
     eval_times = []
-    for _ in range(max(3, n_steps // 2)):
+    for step in range(max(3, n_steps // 2)):
         t0 = time.time()
-        model.evaluate(x)
+        model.evaluate(x, model.noise("eval", step, images))
         eval_times.append(time.time() - t0)
     a, b = T.matrix(), T.matrix()
     gemm = theano.function([a, b], T.dot(a, b))

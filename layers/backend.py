@@ -23,9 +23,11 @@ later value of a key win) and skips any key the user set in ``.theanorc``:
 """
 import configparser
 import ctypes
-import hashlib
 import os
 import sys
+import warnings
+
+from . import theano_patches
 
 # BLAS routines Theano's C code calls (theano/tensor/blas*.py, nnet/corr*.py).
 _BLAS_ROUTINES = ("gemm", "gemv", "ger", "dot", "axpy", "scal", "copy")
@@ -75,79 +77,27 @@ def default_flags():
 
 
 def configure():
-    if "theano" in sys.modules:
-        return  # too late to change flags; whoever imported Theano first decided them
+    if "theano" in sys.modules:  # too late to change flags: whoever imported it decided
+        warnings.warn("Theano was imported before layers.backend, so this project's Theano "
+                      "settings (floatX=float32, BLAS, compile directory) are not applied")
+        return
     user_keys = _user_theanorc_keys()
     ours = [f"{k}={v}" for k, v in default_flags().items() if k not in user_keys]
     user = os.environ.get("THEANO_FLAGS", "")
     os.environ["THEANO_FLAGS"] = ",".join(ours + ([user] if user else []))
-    # Theano's graph optimiser and pickler recurse once per node; deep models need room.
-    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
-    # Theano's Cython loop for scan does not compile on Python >= 3.11 (longintrepr.h
-    # moved); a failed import makes scan use its Python loop instead, which works.
-    sys.modules.setdefault("theano.scan_module.scan_perform_ext", None)
+    theano_patches.before_import()
 
 
 configure()
 
 import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402,F401  (re-exported)
+from theano import gof  # noqa: E402,F401
 from theano.ifelse import IfElse  # noqa: E402,F401
-from theano.sandbox.rng_mrg import MRG_RandomStreams  # noqa: E402,F401
 
+from .theano_patches import c_code_version  # noqa: E402,F401
+
+theano_patches.apply(theano)
 floatX = theano.config.floatX
 
 
-def c_code_version(source):
-    """A Theano ``c_code_cache_version`` for our C ops: Theano reuses a compiled module
-    while this is unchanged, so it hashes the op's C source."""
-    return (hashlib.sha256(source.encode()).hexdigest(),)
-
-
-def _cache_ops_without_props():
-    """Let Theano's C-module cache keep modules of ops whose ``__props__`` is ``()``.
-
-    Theano 1.0.5 (gof/cc.py, ``CLinker.cmodule_key_``) puts each op's ``__props__`` into
-    the module's version tuple and treats any empty entry as "unversioned": the module is
-    then recompiled in every process. That hits ``Alloc``, ``ScalarFromTensor`` and ~100
-    other ops with ``__props__ = ()``, about 0.6 s of C compilation each, 6-7 s per model
-    function at every start. Their code does not depend on props they do not have, so when
-    the op and every type *are* versioned we give the key a version (else keep Theano's).
-    """
-    from theano.gof import cc
-
-    original = cc.CLinker.cmodule_key_
-    if getattr(original, "_iaf_patched", False):
-        return
-
-    def cmodule_key_(self, fgraph, no_recycling, *args, **kwargs):
-        version, sig = original(self, fgraph, no_recycling, *args, **kwargs)
-        if version:
-            return version, sig
-        version = ["iaf-props-fix-1"]
-        for node in self.schedule(fgraph):
-            op_version = (node.op.c_code_cache_version_apply(node)
-                          if hasattr(node.op, "c_code_cache_version_apply") else ())
-            types = [v.type.c_code_cache_version() for v in node.inputs + node.outputs]
-            if not op_version or not all(types):
-                return (), sig  # truly unversioned: keep Theano's behaviour
-            version += [op_version, getattr(node.op, "__props__", None) or ("no-props",)] + types
-        return tuple(version), sig
-
-    cmodule_key_._iaf_patched = True
-    cc.CLinker.cmodule_key_ = cmodule_key_
-
-    # COp (e.g. DimShuffle) versions its C code by ``hash()`` of the code's text, which
-    # Python 3 salts per process: such modules never matched the cache either.
-    from theano.gof.op import COp
-
-    def c_code_cache_version(self):
-        version = c_code_version("\0".join(self.func_codes))
-        if hasattr(self, "params_type"):
-            version += (self.params_type.c_code_cache_version(),)
-        return version
-
-    COp.c_code_cache_version = c_code_cache_version
-
-
-_cache_ops_without_props()

@@ -1,4 +1,4 @@
-"""Weight-normalised convolution with the pad channel (SPEC §2), and 2x resampling.
+"""Weight-normalised convolution with the pad channel (docs/model.md §2), and 2x resampling.
 
 A layer is a small object: its constructor creates its parameters (Theano shared variables)
 in the model's parameter dict; calling it with an input and *a* parameter dict (the trained
@@ -21,7 +21,7 @@ def split_shared_name(name):
     """Names of the per-layer and of the (possibly shared) weight parameters.
 
     The original marks weight sharing inside a layer name: ``'[sharedw]0_1[/sharedw]_up_conv2'``
-    is layer ``0_1_up_conv2`` whose weight is stored as ``[s]_up_conv2`` (SPEC §6).
+    is layer ``0_1_up_conv2`` whose weight is stored as ``[s]_up_conv2`` (docs/model.md §7).
     """
     if "[sharedw]" not in name:
         return name, name
@@ -34,7 +34,7 @@ class DataInit(dict):
     """A parameter dict that switches every convolution to data-dependent initialisation.
 
     Each convolution normalises its output by its own batch statistics and records the
-    scale ``s`` and bias ``b`` that give that normalisation (SPEC §2, §3). Compiling the
+    scale ``s`` and bias ``b`` that give that normalisation (docs/model.md §2, §3). Compiling the
     recorded expressions gives all of them from one call on the init batch.
     """
 
@@ -120,7 +120,7 @@ class Conv2d:
         return w[self.w_name]
 
     def kernel(self, w):
-        """``v / (||v|| + norm_eps) * exp(3 s)``, the norm per output channel (SPEC §2)."""
+        """``v / (||v|| + norm_eps) * exp(3 s)``, the norm per output channel (docs/model.md §2)."""
         v, s = self.unnormalised(w), w[self.s_name]
         if self.custom_ops:
             return weight_norm(v, s, self.norm_eps)

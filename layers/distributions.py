@@ -1,4 +1,4 @@
-"""Log-densities of the model: diagonal Gaussian, discretised logistic, Bernoulli (SPEC §5, §6)."""
+"""Log-densities of the model: diagonal Gaussian, discretised logistic, Bernoulli (docs/model.md §6, §8)."""
 import math
 
 from .backend import T
@@ -9,16 +9,11 @@ def gaussian_diag_logps(z, mean, logvar):
     return -0.5 * (math.log(2 * math.pi) + logvar + T.sqr(z - mean) / T.exp(logvar))
 
 
-def gaussian_diag_sample(rng, mean, logvar):
-    """Reparameterised sample ``mean + exp(logvar/2) * eps`` from a Theano random stream."""
-    return mean + T.exp(0.5 * logvar) * rng.normal(mean.shape, dtype=mean.dtype)
-
-
 def discretized_logistic_logps(x, mean, logscale, binsize=1 / 256.0):
     """Elementwise log-mass of the bin ``[floor(x/b)*b, +b)`` under Logistic(mean, exp(logscale)).
 
     As the original: no special edge bins (0 and 255 get no tail mass) and ``+1e-7`` inside
-    the log, so the 256 masses sum to slightly less than 1 (SPEC §6).
+    the log, so the 256 masses sum to slightly less than 1 (docs/model.md §8).
     """
     scale = T.exp(logscale)
     u = (T.floor(x / binsize) * binsize - mean) / scale

@@ -12,11 +12,11 @@ that of the inputs. The C code is in ``gemm_conv.c``.
 """
 from pathlib import Path
 
-from theano import gof
-from theano.tensor.blas import ldflags
-from theano.tensor.blas_headers import blas_header_text, blas_header_version
+from .backend import T, c_code_version, gof, theano
 
-from .backend import T, c_code_version
+ldflags = theano.tensor.blas.ldflags
+blas_header_text = theano.tensor.blas_headers.blas_header_text
+blas_header_version = theano.tensor.blas_headers.blas_header_version
 
 _C_SOURCE = (Path(__file__).parent / "gemm_conv.c").read_text()
 

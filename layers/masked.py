@@ -1,7 +1,7 @@
-"""Autoregressive (masked) convolutions and the IAF networks built from them (SPEC §3, §4)."""
+"""Autoregressive (masked) convolutions and the IAF networks built from them (docs/model.md §3, §4)."""
 import numpy as np
 
-from .backend import T, floatX
+from .backend import floatX
 from .conv import Conv2d
 from .nonlinearities import nonlinearity
 
@@ -44,7 +44,7 @@ def ar_mask(n_out, n_in, kernel, zerodiagonal, flipmask):
 class MaskedConv2d(Conv2d):
     """``ar_conv2d``: a `Conv2d` whose weight is multiplied by `ar_mask` wherever it is used.
 
-    Differences from `Conv2d` (SPEC §3): the norm gets ``+1e-8`` (a fully masked output
+    Differences from `Conv2d` (docs/model.md §3): the norm gets ``+1e-8`` (a fully masked output
     channel has norm 0), and data-dependent init targets std 1 rather than 0.1.
     """
 
@@ -56,7 +56,7 @@ class MaskedConv2d(Conv2d):
                  flipmask=False):
         self.mask = ar_mask(n_out, n_in, kernel, zerodiagonal, flipmask)
         # Before the norm, the original also zeroes the centre tap of the first output
-        # group (SPEC §3). Unflipped, the mask already holds those at 0; flipped it does not.
+        # group (docs/model.md §3). Unflipped, the mask already holds those at 0; flipped it does not.
         self.norm_mask = self.mask.copy()
         if zerodiagonal:
             group = n_out // n_in if n_out >= n_in else 1
@@ -73,12 +73,8 @@ class MaskedConv2d(Conv2d):
         return self.norm_mask * w[self.w_name]
 
     def remask(self, new_w):
-        """Re-apply the mask to this layer's weight after each optimiser step (SPEC §3)."""
+        """Re-apply the mask to this layer's weight after each optimiser step (docs/model.md §3)."""
         return self.mask * new_w
-
-
-def _as_list(n_out):
-    return list(n_out) if isinstance(n_out, (list, tuple)) else [n_out]
 
 
 class IAFNetwork:
@@ -86,21 +82,20 @@ class IAFNetwork:
 
     Hidden layer i: ``MaskedConv2d(f"{name}_{i}", zerodiagonal=False)`` then the nonlinearity,
     with ``context`` added to the first hidden pre-activation. Outputs j:
-    ``MaskedConv2d(f"{name}_out_{j}", zerodiagonal=True)``. Returns one tensor if ``n_out``
-    is an int, else a list (SPEC §4).
+    ``MaskedConv2d(f"{name}_out_{j}", zerodiagonal=True)``, one per entry of the list
+    ``n_out``; returns their outputs as a list (docs/model.md §4).
     """
 
     def __init__(self, params, rng, name, n_in, n_hidden, n_out, kernel, flipmask=False,
                  nl="elu"):
         sizes = [n_in] + list(n_hidden)
-        self.single_output = not isinstance(n_out, (list, tuple))
         self.nl = nonlinearity(nl)
         self.hidden = [MaskedConv2d(params, rng, f"{name}_{i}", sizes[i], sizes[i + 1], kernel,
                                     zerodiagonal=False, flipmask=flipmask)
                        for i in range(len(n_hidden))]
         self.outputs = [MaskedConv2d(params, rng, f"{name}_out_{j}", sizes[-1], n, kernel,
                                      zerodiagonal=True, flipmask=flipmask)
-                        for j, n in enumerate(_as_list(n_out))]
+                        for j, n in enumerate(n_out)]
 
     @property
     def convs(self):
@@ -113,8 +108,7 @@ class IAFNetwork:
             if i == 0:
                 h = h + context
             h = self.nl(h)
-        out = [conv(h, w) for conv in self.outputs]
-        return out[0] if self.single_output else out
+        return [conv(h, w) for conv in self.outputs]
 
 
 class MaskedResNet:
@@ -127,7 +121,6 @@ class MaskedResNet:
 
     def __init__(self, params, rng, name, depth, n_in, n_h, n_out, kernel, flipmask=False,
                  nl="elu"):
-        self.single_output = not isinstance(n_out, (list, tuple))
         self.nl = nonlinearity(nl)
         self.input = MaskedConv2d(params, rng, f"{name}_input", n_in, n_h, kernel,
                                   zerodiagonal=False, flipmask=flipmask)
@@ -137,7 +130,7 @@ class MaskedResNet:
                        for i in range(depth)]
         self.outputs = [MaskedConv2d(params, rng, f"{name}_out_{j}", n_h, n, kernel,
                                      zerodiagonal=True, flipmask=flipmask)
-                        for j, n in enumerate(_as_list(n_out))]
+                        for j, n in enumerate(n_out)]
 
     @property
     def convs(self):
@@ -147,5 +140,4 @@ class MaskedResNet:
         h = self.input(z, w) + context
         for conv1, conv2 in self.blocks:
             h = h + 0.1 * conv2(self.nl(conv1(self.nl(h), w)), w)
-        out = [conv(h, w) for conv in self.outputs]
-        return out[0] if self.single_output else out
+        return [conv(h, w) for conv in self.outputs]

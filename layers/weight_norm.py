@@ -3,11 +3,9 @@
 The plain Theano expression (``Conv2d.custom_ops = False``) becomes about ten elementwise
 and reduction nodes per convolution, forward and backward, each a pass over the weights;
 this op does the forward in one pass and the gradient in two. Norms and dot products are
-accumulated in double precision, as Theano's float32 sums are. SPEC §2.
+accumulated in double precision, as Theano's float32 sums are. docs/model.md §2.
 """
-from theano import gof
-
-from .backend import T, c_code_version
+from .backend import T, c_code_version, gof
 
 _FORWARD = """
 {

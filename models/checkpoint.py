@@ -1,9 +1,10 @@
 """Training-state checkpoints: everything needed to continue a run bit for bit.
 
-One ``.npz`` file (no pickles: ``allow_pickle=False``) holding the parameters, their Polyak
-averages, the AdaMax moments, the training noise stream, the caller's arrays, and the
-caller's JSON-able metadata under ``__meta__``. Writing is atomic, and the previous
-checkpoint is kept as ``checkpoint.prev.npz`` so that a damaged newest one falls back to it.
+One ``.npz`` file (no pickles: ``allow_pickle=False``) holding the caller's arrays (the
+model's parameters, averages and optimiser moments) and its JSON-able metadata (the loop's
+state, the config) under ``__meta__`` (docs/model.md §12). Writing is atomic, and the
+previous checkpoint is kept as ``checkpoint.prev.npz`` so that a damaged newest one falls
+back to it.
 """
 import io
 import json
@@ -11,41 +12,20 @@ import os
 import zipfile
 
 import numpy as np
-
-from .weights import atomic_write
+from data.files import atomic_write
 
 NAME, PREVIOUS = "checkpoint.npz", "checkpoint.prev.npz"
+FORMAT = 2  # 1: per-stream noise states and a hand-listed loop state (before Nov 2026)
 
 
 class CheckpointError(Exception):
     """No usable checkpoint; the message says which files were tried and why."""
 
 
-def model_arrays(model):
-    """The model's full training state as a flat name -> array dict."""
-    arrays = {}
-    for prefix, source in (("param", model.get_weights(False)), ("avg", model.get_weights(True)),
-                           *model.optimiser.state().items()):
-        arrays.update({f"{prefix}/{name}": value for name, value in source.items()})
-    for k, value in enumerate(model.random_state()):
-        arrays[f"noise/{k}"] = value
-    return arrays
-
-
-def restore_model(model, arrays):
-    def part(prefix):
-        return {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(prefix + "/")}
-    model.set_weights(part("param"), which=("params",))
-    model.set_weights(part("avg"), which=("avg_params",))
-    model.optimiser.set_state({"m": part("m"), "u": part("u")})
-    noise = part("noise")
-    model.set_random_state([noise[str(k)] for k in range(len(noise))])
-
-
 def save_checkpoint(folder, arrays, meta):
     """Write ``folder/checkpoint.npz`` atomically; the one it replaces becomes the previous."""
     buffer = io.BytesIO()
-    np.savez(buffer, __meta__=np.array(json.dumps(meta)), **arrays)
+    np.savez(buffer, __meta__=np.array(json.dumps(dict(meta, format=FORMAT))), **arrays)
     path = os.path.join(folder, NAME)
     if os.path.exists(path):
         os.replace(path, os.path.join(folder, PREVIOUS))
@@ -73,6 +53,12 @@ def load_checkpoint(folder, log=print):
             problems.append(f"{name} is truncated or corrupt ({err})")
             log(f"warning: {path} is truncated or corrupt; trying the previous checkpoint")
             continue
+        found = result[1].get("format", 1)
+        if found != FORMAT:
+            raise CheckpointError(
+                f"{path} was written by another version of this code (checkpoint format "
+                f"{found}, this code reads {FORMAT}) and cannot be resumed; start a new run, "
+                f"or from its weights with load_model_path={folder}")
         if problems:
             log(f"warning: resuming from the previous checkpoint {path}")
         return result

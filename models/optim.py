@@ -1,4 +1,4 @@
-"""AdaMax with Polyak averaging, as the original trains (SPEC §7)."""
+"""AdaMax with Polyak averaging, as the original trains (docs/model.md §10)."""
 from collections import OrderedDict
 
 import numpy as np

@@ -1,15 +1,17 @@
-"""Tests for the data package: CIFAR-10 loading (incl. hostile files), toy data, PNG I/O."""
+"""Tests for the data package: CIFAR-10 loading (incl. hostile files), toy data, atomic
+file writing and PNG image grids."""
 import os
 import pickle
-import struct
-import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from cifar_files import write_cifar10_batch, write_fake_cifar10
 from data import DataError, load_dataset
-from data.cifar10 import TEST_FILE, TRAIN_FILES, URL, load_cifar10, write_cifar10_batch, write_fake_cifar10
-from data.png import SIGNATURE, image_grid, read_png, write_png
+from data.cifar10 import TEST_FILE, TRAIN_FILES, URL, load_cifar10
+from data.files import atomic_write
+from data.pictures import image_grid, save_image_grid
 from data.toy import toy_images
 
 N_PER_BATCH = 6
@@ -262,53 +264,86 @@ def test_toy_dataset_sizes_and_distinct_splits():
     assert not np.array_equal(np.sort(train_x[:500], axis=0), np.sort(test_x, axis=0))
 
 
-# ---------------------------------------------------------------- PNG
+# ---------------------------------------------------------------- atomic_write
 
 
-def png_chunks(blob):
-    """Split PNG bytes after the signature into (type, payload, stored_crc) triples."""
-    pos, chunks = len(SIGNATURE), []
-    while pos < len(blob):
-        (length,) = struct.unpack(">I", blob[pos:pos + 4])
-        kind, payload = blob[pos + 4:pos + 8], blob[pos + 8:pos + 8 + length]
-        (crc,) = struct.unpack(">I", blob[pos + 8 + length:pos + 12 + length])
-        chunks.append((kind, payload, crc))
-        pos += 12 + length
-    return chunks
+def test_atomic_write_creates_and_replaces_without_leftovers(tmp_path):
+    path = tmp_path / "out.bin"
+    atomic_write(str(path), lambda f: f.write(b"first"))
+    atomic_write(str(path), lambda f: f.write(b"second"))
+    assert path.read_bytes() == b"second"
+    assert os.listdir(tmp_path) == ["out.bin"]
 
 
-@pytest.mark.parametrize("shape, colour_type", [((5, 7, 3), 2), ((5, 7), 0)])
-def test_png_round_trip_and_valid_chunks(tmp_path, shape, colour_type):
-    image = np.random.RandomState(0).randint(0, 256, size=shape).astype(np.uint8)
-    path = tmp_path / "img.png"
-    write_png(str(path), image)
+@pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
+def test_failed_write_keeps_old_file_and_removes_temp_file(tmp_path, error):
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old content")
 
-    np.testing.assert_array_equal(read_png(str(path)), image)
-    blob = path.read_bytes()
-    assert blob[:8] == b"\x89PNG\r\n\x1a\n"
-    chunks = png_chunks(blob)
-    assert [kind for kind, _, _ in chunks] == [b"IHDR", b"IDAT", b"IEND"]
-    for kind, payload, crc in chunks:
-        assert zlib.crc32(kind + payload) == crc
-    assert struct.unpack(">IIBBBBB", chunks[0][1]) == (7, 5, 8, colour_type, 0, 0, 0)
-    assert os.listdir(tmp_path) == ["img.png"]  # no temp file left behind
+    def write(f):
+        f.write(b"half of the new")
+        raise error("disk on fire")
+
+    with pytest.raises(error, match="disk on fire"):
+        atomic_write(str(path), write)
+    assert path.read_bytes() == b"old content"
+    assert os.listdir(tmp_path) == ["out.bin"]
 
 
-def test_write_png_replaces_existing_file(tmp_path):
-    path = tmp_path / "img.png"
-    write_png(str(path), np.zeros((2, 2, 3), np.uint8))
-    write_png(str(path), np.full((3, 4), 200, np.uint8))
-    np.testing.assert_array_equal(read_png(str(path)), np.full((3, 4), 200, np.uint8))
+@pytest.fixture(params=[0o022, 0o077, 0o002, 0o027])
+def umask(request):
+    """Run the test under the given umask, restoring the previous one afterwards."""
+    previous = os.umask(request.param)
+    yield request.param
+    os.umask(previous)
 
 
-def test_read_png_detects_bad_crc(tmp_path):
-    path = tmp_path / "img.png"
-    write_png(str(path), np.zeros((2, 2, 3), np.uint8))
-    blob = bytearray(path.read_bytes())
-    blob[-5] ^= 0xFF  # last byte of the IEND CRC
-    path.write_bytes(bytes(blob))
-    with pytest.raises(ValueError, match="bad CRC"):
-        read_png(str(path))
+def test_file_mode_follows_umask_like_open(tmp_path, umask):
+    reference = tmp_path / "reference"
+    with open(reference, "wb"):
+        pass
+    path = tmp_path / "out.bin"
+    path.write_bytes(b"old")
+    path.chmod(0o600)  # the new file does not inherit the replaced file's mode
+
+    atomic_write(str(path), lambda f: f.write(b"new"))
+
+    mode = path.stat().st_mode & 0o777
+    assert mode == reference.stat().st_mode & 0o777 == 0o666 & ~umask
+    assert os.umask(umask) == umask  # the process umask is unchanged
+
+
+# ---------------------------------------------------------------- image grids and PNG files
+
+
+def read_png(path):
+    """The pixels of a PNG file as a uint8 array, read with Pillow."""
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_save_image_grid_writes_a_png_of_the_grid(tmp_path, channels):
+    images = np.random.RandomState(0).randint(0, 256, size=(12, channels, 4, 5)).astype(np.uint8)
+    path = tmp_path / "grid.png"
+    save_image_grid(str(path), images, n_cols=5)
+
+    pixels = read_png(path)
+    assert pixels.shape == (12, 25, 3) and pixels.dtype == np.uint8  # 3 rows of 5 cells, RGB
+    np.testing.assert_array_equal(pixels, image_grid(images, n_cols=5))
+    seventh = images[7].transpose(1, 2, 0).repeat(3 // channels, axis=2)  # grey -> RGB
+    np.testing.assert_array_equal(pixels[4:8, 10:15], seventh)  # row 1, column 2, lossless
+    assert os.listdir(tmp_path) == ["grid.png"]  # no temp file left behind
+
+
+def test_save_image_grid_replaces_existing_file(tmp_path):
+    path = tmp_path / "grid.png"
+    save_image_grid(str(path), np.zeros((3, 3, 2, 2), np.uint8))
+    images = np.full((4, 3, 3, 3), 200, np.uint8)
+    save_image_grid(str(path), images, n_cols=2)
+    np.testing.assert_array_equal(read_png(path), np.full((6, 6, 3), 200, np.uint8))
+    assert os.listdir(tmp_path) == ["grid.png"]
 
 
 def test_image_grid_places_image_k_at_row_k_div_10_col_k_mod_10():
@@ -328,3 +363,16 @@ def test_image_grid_repeats_grey_and_pads_last_row():
     np.testing.assert_array_equal(grid[..., 0], grid[..., 2])
     np.testing.assert_array_equal(grid[0, :, 1], np.arange(1, 11))
     np.testing.assert_array_equal(grid[1, :, 1], [11, 12] + [0] * 8)
+
+
+@pytest.mark.parametrize(
+    "images",
+    [np.zeros((2, 3, 4, 4), np.float32), np.zeros((2, 2, 4, 4), np.uint8), np.zeros((3, 4, 4), np.uint8)],
+    ids=["float", "two-channels", "3d"],
+)
+def test_image_grid_rejects_bad_input(tmp_path, images):
+    with pytest.raises(ValueError, match="expected uint8 NCHW images"):
+        image_grid(images)
+    with pytest.raises(ValueError, match="expected uint8 NCHW images"):
+        save_image_grid(str(tmp_path / "grid.png"), images)
+    assert os.listdir(tmp_path) == []

@@ -19,7 +19,7 @@ def _jacobian(f_out, x_shape, rng):
 
 
 def _dependency_allowed(out_c, in_c, n_out, n_in, zerodiagonal):
-    """Which input channel an output channel may see at the *same* pixel (SPEC §3)."""
+    """Which input channel an output channel may see at the *same* pixel (docs/model.md §3)."""
     if n_out >= n_in:
         group = out_c // (n_out // n_in)
         return in_c < group or (in_c == group and not zerodiagonal)
@@ -59,7 +59,7 @@ def test_flipmask_reverses_the_order():
 
 
 def test_iaf_transform_jacobian_is_triangular_with_the_right_diagonal():
-    """z_out = (z - 0.1 m(z)) / exp(0.1 s(z)) with (m, s) from the IAF network (SPEC §4, §5)."""
+    """z_out = (z - 0.1 m(z)) / exp(0.1 s(z)) with (m, s) from the IAF network (docs/model.md §4, §6)."""
     rng = np.random.RandomState(1)
     n_z, n_h, height, width = 2, 4, 3, 3
     params = {}
@@ -139,7 +139,7 @@ def test_discretized_logistic_bins_plus_tails_sum_to_one(logistic_mass, mean, lo
     mass = logistic_mass(values, mean, logscale).astype(np.float64)
     sigmoid = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     scale = math.exp(logscale)
-    # The original gives no tail mass to the edge bins (SPEC §6): the 256 masses plus
+    # The original gives no tail mass to the edge bins (docs/model.md §8): the 256 masses plus
     # the two tails it leaves out, less the 256 * 1e-7 it adds inside the log, make 1.
     tails = sigmoid((0 - mean) / scale) + 1 - sigmoid((1 - mean) / scale)
     assert abs(mass.sum() - 256e-7 + tails - 1) < 2e-5

@@ -1,119 +1,152 @@
-"""Tests for data.plot: learning-curve PNGs drawn with numpy only."""
+"""Tests for data.plot: the learning-curve PNG (bits/dim and per-layer KL), drawn with matplotlib."""
 import os
 
 import numpy as np
 import pytest
+from matplotlib.colors import to_rgb
+from PIL import Image
 
-from data.plot import (
-    HEIGHT, INK, TEST_COLOUR, TRAIN_COLOUR, WIDTH, _nice_ticks, _text_mask, plot_learning_curves,
-    render_learning_curves,
-)
-from data.png import SIGNATURE, read_png
+from data.plot import FLOOR_COLOUR, save_learning_curve
 
-BELOW_LEGEND = 120  # the legend sits in the top-right corner, above this row
-EPOCHS = np.arange(1, 21)
-TRAIN = 4.0 - 0.05 * EPOCHS
-TEST = 4.1 - 0.04 * EPOCHS
+WIDTH, HEIGHT = 800, 700  # 8x7 inches at 100 dpi
+MIDDLE = HEIGHT // 2  # the cost panel is above this row, the KL panel below
+EPOCHS = range(1, 21)
+TRAIN = [[e, 4.0 - 0.05 * e] for e in EPOCHS]
+TEST = [[e, 4.1 - 0.04 * e] for e in EPOCHS]
+FLOOR = 8.0
+KL = [[e, {"z 1_0": max(FLOOR, 200.0 / e), "z 1_1": FLOOR, "z 2_0": 50.0 + e}] for e in EPOCHS]
+HISTORY = {"train": TRAIN, "test": TEST, "kl": KL}
+
+
+def render(tmp_path, history, kl_floor=None, name="curve.png"):
+    """Save the learning curve and return its pixels as an HxWx3 uint8 array."""
+    path = tmp_path / name
+    save_learning_curve(str(path), history, kl_floor=kl_floor)
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        return np.asarray(image.convert("RGB"))
 
 
 def pixels_of(image, colour):
-    """Boolean HxW mask of the pixels exactly equal to `colour`."""
-    return np.all(image == np.array(colour, np.uint8), axis=-1)
+    """Boolean HxW mask of the pixels exactly equal to a matplotlib colour."""
+    rgb = np.round(255 * np.array(to_rgb(colour))).astype(np.uint8)
+    return np.all(image == rgb, axis=-1)
 
 
-def test_plot_writes_a_valid_png_of_the_rendered_image(tmp_path):
-    path = tmp_path / "curves.png"
-    plot_learning_curves(str(path), EPOCHS, TRAIN, EPOCHS, TEST)
-    assert path.read_bytes().startswith(SIGNATURE)
-    image = read_png(str(path))
+def changed(a, b):
+    """Boolean HxW mask of the pixels that differ between two images."""
+    return np.any(a != b, axis=-1)
+
+
+def floor_row(image):
+    """Row of the floor line: the row whose floor-coloured pixels span the widest."""
+    mask = pixels_of(image, FLOOR_COLOUR)
+    spans = [np.ptp(np.nonzero(row)[0]) if row.any() else -1 for row in mask]
+    return int(np.argmax(spans)), max(spans)
+
+
+def test_writes_a_png_of_the_expected_size_and_nothing_else(tmp_path):
+    image = render(tmp_path, HISTORY, FLOOR)
     assert image.shape == (HEIGHT, WIDTH, 3)
-    np.testing.assert_array_equal(image, render_learning_curves(EPOCHS, TRAIN, EPOCHS, TEST))
-    assert os.listdir(tmp_path) == ["curves.png"]
+    assert os.listdir(tmp_path) == ["curve.png"]
+    np.testing.assert_array_equal(render(tmp_path, HISTORY, FLOOR, "again.png"), image)
 
 
-def test_both_curve_colours_are_drawn_and_an_empty_series_is_not():
-    image = render_learning_curves(EPOCHS, TRAIN, EPOCHS, TEST)
-    assert pixels_of(image[BELOW_LEGEND:], TRAIN_COLOUR).sum() > 100
-    assert pixels_of(image[BELOW_LEGEND:], TEST_COLOUR).sum() > 100
-    train_only = render_learning_curves(EPOCHS, TRAIN, [], [])
-    assert pixels_of(train_only, TRAIN_COLOUR).any()
-    assert not pixels_of(train_only, TEST_COLOUR).any()
+def test_changing_the_data_changes_the_matching_panel(tmp_path):
+    image = render(tmp_path, HISTORY)
+    test = [list(p) for p in TEST]
+    test[10][1] += 0.2  # stays inside the axis range, so only the test curve moves
+    diff = changed(image, render(tmp_path, {**HISTORY, "test": test}))
+    assert diff[:MIDDLE].sum() > 20 and not diff[MIDDLE:].any()
+    kl = [[e, dict(d)] for e, d in KL]
+    kl[5][1]["z 2_0"] = 100.0
+    diff = changed(image, render(tmp_path, {**HISTORY, "kl": kl}))
+    assert diff[MIDDLE:].sum() > 20 and not diff[:MIDDLE].any()
 
 
-def test_rendering_is_deterministic_and_depends_on_the_values():
-    image = render_learning_curves(EPOCHS, TRAIN, EPOCHS, TEST)
-    np.testing.assert_array_equal(image, render_learning_curves(EPOCHS, TRAIN, EPOCHS, TEST))
-    changed = TEST.copy()
-    changed[10] += 0.3
-    other = render_learning_curves(EPOCHS, TRAIN, EPOCHS, changed)
-    assert not np.array_equal(image, other)
-    assert pixels_of(other, TEST_COLOUR).sum() != pixels_of(image, TEST_COLOUR).sum()
+def test_train_only_history_draws_one_curve(tmp_path):
+    # matplotlib's default colour cycle: the first series (train) is C0, the second (test) C1
+    both = render(tmp_path, {"train": TRAIN, "test": TEST})
+    train_only = render(tmp_path, {"train": TRAIN, "test": []})
+    assert pixels_of(train_only[:MIDDLE], "C0").sum() > 100
+    assert pixels_of(both[:MIDDLE], "C1").sum() > 100
+    assert not pixels_of(train_only[:MIDDLE], "C1").any()
 
 
-def test_decreasing_curve_is_drawn_higher_on_the_left():
-    image = render_learning_curves(EPOCHS, TRAIN, [], [])
-    rows, cols = np.nonzero(pixels_of(image, TRAIN_COLOUR))
-    left, right = cols < WIDTH // 2, cols >= WIDTH // 2
-    assert left.sum() > 50 and right.sum() > 50
-    assert rows[left].mean() + 50 < rows[right].mean()
+def test_cost_panel_has_a_legend(tmp_path):
+    corner = (slice(32, 100), slice(600, 780))  # top right of the cost panel, above the curves
+    labelled = render(tmp_path, {"train": TRAIN, "test": TEST})
+    empty = render(tmp_path, {"train": [], "test": []})
+    assert (labelled[corner].max(axis=-1) < 100).sum() > 30  # the dark text "train", "test"
+    assert not (empty[corner].max(axis=-1) < 100).any()
 
 
-def test_non_finite_points_are_skipped():
-    bad = TRAIN.copy()
-    bad[3], bad[7] = np.nan, np.inf
-    keep = np.isfinite(bad)
+def test_a_single_point_is_visible(tmp_path):
+    image = render(tmp_path, {"train": [[1, 3.5]], "test": []})
+    centre = image[100:230, 300:550]  # a lone point is centred; the legend sits in a corner
+    assert pixels_of(centre, "C0").sum() > 10  # a marker: a line needs two points
+
+
+def test_floor_line_is_drawn_only_when_given(tmp_path):
+    without = render(tmp_path, HISTORY)
+    with_floor = render(tmp_path, HISTORY, FLOOR)
+    assert not pixels_of(without, FLOOR_COLOUR).any()
+    row, span = floor_row(with_floor)
+    assert row > MIDDLE and span > WIDTH // 2  # a long horizontal line in the KL panel
+    assert not pixels_of(with_floor[:MIDDLE], FLOOR_COLOUR).any()
+
+
+def test_kl_axis_is_logarithmic_when_all_values_are_positive(tmp_path):
+    kl = [[e, {"z 1_0": 1000.0 ** (1 - (e - 1) / 19)}] for e in EPOCHS]  # 1000 down to 1
+
+    def floor_rows(history):
+        return [floor_row(render(tmp_path, history, kl_floor))[0] for kl_floor in (1.0, 10.0, 100.0)]
+
+    rows = floor_rows({"kl": kl})
+    assert rows[0] > rows[1] > rows[2]  # a higher floor is drawn higher up
+    assert abs((rows[0] - rows[1]) - (rows[1] - rows[2])) <= 2  # equal steps per decade
+    kl[-1][1]["z 1_0"] = 0.0  # a zero KL cannot be shown on a log axis
+    rows = floor_rows({"kl": kl})
+    assert rows[1] - rows[2] > 5 * (rows[0] - rows[1])  # linear: 90 vs 9 units
+
+
+@pytest.mark.parametrize("history", [{"train": TRAIN, "test": TEST, "kl": []}, {"train": TRAIN, "test": TEST}])
+def test_without_kl_data_the_panel_says_so(tmp_path, history):
+    image = render(tmp_path, history, kl_floor=FLOOR)
+    assert not pixels_of(image, FLOOR_COLOUR).any()
+    centre = image[MIDDLE + 120:MIDDLE + 200, WIDTH // 2 - 100:WIDTH // 2 + 100]
+    assert (centre.max(axis=-1) < 100).sum() > 50  # dark text in the middle of the empty panel
+    np.testing.assert_array_equal(image, render(tmp_path, {"train": TRAIN, "test": TEST}, FLOOR))
+
+
+def test_non_finite_points_are_skipped(tmp_path):
+    nan, inf = float("nan"), float("inf")
+    train = TRAIN[:5] + [[6, nan], [nan, 3.0], [7, inf]] + TRAIN[5:]
+    test = TEST + [[21, -inf]]
+    kl = [[e, {**d, "z 9_9": nan}] for e, d in KL]  # a layer with no finite value at all
+    kl[3][1]["z 1_0"] = inf
+    clean = [[e, dict(d)] for e, d in KL]
+    del clean[3][1]["z 1_0"]
     np.testing.assert_array_equal(
-        render_learning_curves(EPOCHS, bad, EPOCHS, TEST),
-        render_learning_curves(EPOCHS[keep], TRAIN[keep], EPOCHS, TEST),
+        render(tmp_path, {"train": train, "test": test, "kl": kl}, FLOOR),
+        render(tmp_path, {"train": TRAIN, "test": TEST, "kl": clean}, FLOOR),
     )
-    np.testing.assert_array_equal(
-        render_learning_curves(EPOCHS, TRAIN, [1.0, 2.0], [np.nan, -np.inf]),
-        render_learning_curves(EPOCHS, TRAIN, [], []),
-    )
+    render(tmp_path, {"train": [[1, nan]], "test": [[1, inf]], "kl": [[1, {"z 1_0": nan}]]}, FLOOR)
 
 
-def test_single_point_draws_one_marker():
-    image = render_learning_curves([5], [3.52], [], [])
-    rows, cols = np.nonzero(pixels_of(image[BELOW_LEGEND:], TRAIN_COLOUR))
-    assert len(rows) == 25
-    assert np.ptp(rows) == 4 and np.ptp(cols) == 4
+def test_layer_names_are_rendered_in_the_legend(tmp_path):
+    image = render(tmp_path, HISTORY, FLOOR)
+    renamed = [[e, {name.replace("z 2_0", "z 7_5"): v for name, v in d.items()}] for e, d in KL]
+    rows, cols = np.nonzero(changed(image, render(tmp_path, {**HISTORY, "kl": renamed}, FLOOR)))
+    assert len(rows) > 20  # the glyphs changed ...
+    assert rows.min() > MIDDLE and np.ptp(rows) < 30 and np.ptp(cols) < 60  # ... in one legend label
 
 
-def test_flat_series_with_hundreds_of_epochs_is_a_thin_horizontal_line():
-    image = render_learning_curves(np.arange(300), np.full(300, 3.0), [], [])
-    rows, cols = np.nonzero(pixels_of(image[BELOW_LEGEND:], TRAIN_COLOUR))
-    assert np.ptp(rows) == 1  # 2 px thick, no markers
-    assert np.ptp(cols) > WIDTH * 0.8
-
-
-def test_labels_are_drawn_as_text():
-    image = render_learning_curves(EPOCHS, TRAIN, EPOCHS, TEST)
-    ink = pixels_of(image, INK)
-    assert ink[40:HEIGHT - 50, :30].sum() > 100  # y tick labels left of the axis
-    assert ink[HEIGHT - 40:, 200:500].sum() > 100  # x tick labels and "epoch" under the axis
-    assert ink[:30].sum() > 50  # the title
-    retitled = render_learning_curves(EPOCHS, TRAIN, EPOCHS, TEST, title="nats")
-    differs = np.any(retitled != image, axis=-1)
-    assert differs[:30].any() and not differs[30:].any()
-
-
-def test_text_mask_has_one_glyph_per_character():
-    mask = _text_mask("train")
-    assert mask.shape == (14, (5 * 6 - 1) * 2)  # 5x7 glyphs, 1 px gaps, scaled 2x
-    assert mask.any(axis=0).reshape(-1, 2).any(axis=1).sum() > 20
-    assert not _text_mask("#").any()  # no glyph: drawn as a space
-
-
-@pytest.mark.parametrize("low, high", [(3.02, 3.41), (0.0, 1.0), (-7.3, 250.0), (1e-4, 3e-4), (3.344, 3.696)])
-def test_ticks_are_four_to_six_evenly_spaced_values_in_range(low, high):
-    ticks, decimals = _nice_ticks(low, high)
-    assert 4 <= len(ticks) <= 6
-    slack = 1e-9 * (high - low)
-    assert low - slack <= ticks[0] and ticks[-1] <= high + slack
-    np.testing.assert_allclose(np.diff(ticks), ticks[1] - ticks[0])
-    assert len({f"{t:.{decimals}f}" for t in ticks}) == len(ticks)
-
-
-def test_mismatched_lengths_are_rejected():
-    with pytest.raises(ValueError, match="3 epochs but 2 costs"):
-        render_learning_curves([1, 2, 3], [1.0, 2.0], [], [])
+def test_many_layers_are_all_named_in_the_legend(tmp_path):
+    names = [f"z {i}_{j}" for i in (1, 2) for j in range(12)]
+    kl = [[e, {name: 20.0 + k + 100.0 / e for k, name in enumerate(names)}] for e in EPOCHS]
+    image = render(tmp_path, {**HISTORY, "kl": kl}, FLOOR)
+    assert floor_row(image)[1] > WIDTH // 2
+    last = [[e, {name.replace("z 2_11", "z 3_11"): v for name, v in d.items()}] for e, d in kl]
+    diff = changed(image, render(tmp_path, {**HISTORY, "kl": last}, FLOOR))
+    assert diff[MIDDLE:].sum() > 20 and not diff[:MIDDLE].any()

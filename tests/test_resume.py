@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data.png import read_png
+from PIL import Image
+
 from models import load_ndict
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
@@ -64,12 +65,19 @@ def assert_same_run(folder, reference):
             np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
     _, got_meta = load_checkpoint(folder)
     _, expected_meta = load_checkpoint(reference)
-    assert got_meta["history"] == expected_meta["history"]
+    assert got_meta["loop"] == expected_meta["loop"]  # history, best, counters
 
 
 def test_sigint_then_sigkill_then_resume_matches_an_uninterrupted_run(reference, tmp_path):
     code, out, _, folder = start_and_signal(TINY, tmp_path, signal.SIGINT, after_steps=4)
     assert code == 0 and f"resume={folder}" in out
+    # As if killed after reporting the epoch under way but before its checkpoint: the
+    # resumed run reports that epoch again, and results.txt must not hold it twice.
+    results = folder / "results.txt"
+    header = (reference / "results.txt").read_text().splitlines(keepends=True)[0]
+    reported = results.read_text() if results.exists() else header
+    epoch = load_checkpoint(folder)[1]["loop"]["epoch"]
+    results.write_text(reported + f"{epoch} 1.0 2.0\n")
     # Resume, and kill -9 it while it checkpoints after every step.
     code, _, _, _ = start_and_signal([f"resume={folder}"], tmp_path, signal.SIGKILL,
                                      after_steps=9)
@@ -80,7 +88,7 @@ def test_sigint_then_sigkill_then_resume_matches_an_uninterrupted_run(reference,
     assert_same_run(folder, reference)
     log = (folder / "log.txt").read_text()
     assert log.count("Resuming") == 2 and "Run folder" in log  # appended, same folder
-    curve = read_png(folder / "learning_curve.png")
+    curve = np.asarray(Image.open(folder / "learning_curve.png"))
     assert curve.ndim == 3 and curve.std() > 0
 
 
@@ -109,8 +117,15 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path):
     newest.write_bytes(newest.read_bytes()[:-50])
     warnings = []
     arrays, meta = load_checkpoint(tmp_path, log=warnings.append)
-    assert meta == {"epoch": 1} and list(arrays["w"]) == [0, 1, 2]
+    assert meta["epoch"] == 1 and list(arrays["w"]) == [0, 1, 2]
     assert "truncated or corrupt" in warnings[0]
     (tmp_path / "checkpoint.prev.npz").write_bytes(b"garbage")
     with pytest.raises(CheckpointError, match="checkpoint.prev.npz is truncated or corrupt"):
         load_checkpoint(tmp_path, log=warnings.append)
+
+
+def test_a_checkpoint_of_the_older_layout_is_refused_in_one_sentence(tmp_path):
+    np.savez(tmp_path / "checkpoint.npz", __meta__=np.array('{"epoch": 3, "step": 1}'),
+             **{"param/x_enc_w": np.zeros(3), "noise/0": np.zeros(18)})
+    with pytest.raises(CheckpointError, match="written by another version of this code"):
+        load_checkpoint(tmp_path, log=lambda _: None)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from data.cifar10 import write_fake_cifar10
-from data.png import read_png
+import numpy as np
+from PIL import Image
+
+from cifar_files import write_fake_cifar10
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["quickstart", "problem=cifar10", "n_train=32", "n_batch=16", "n_epochs=2", "n_h=8", "n_z=4",
@@ -36,11 +38,17 @@ def cifar(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_runs(cifar, tmp_path_factory):
-    """The same tiny run twice with the same seed."""
+def observer(tmp_path_factory):
+    return tmp_path_factory.mktemp("sacred")
+
+
+@pytest.fixture(scope="module")
+def two_runs(cifar, tmp_path_factory, observer):
+    """The same tiny run twice with the same seed, the first watched by sacred's
+    file-storage observer."""
     logs = tmp_path_factory.mktemp("logs")
-    for _ in range(2):
-        run(["with"] + TINY, cifar, logs)
+    run(["-F", str(observer), "with"] + TINY, cifar, logs)
+    run(["with"] + TINY, cifar, logs)
     return sorted(logs.iterdir())
 
 
@@ -53,11 +61,26 @@ def test_a_run_writes_results_samples_weights_and_logs(two_runs):
     for name in ("weights.ndict.tar.gz", "weights_best.ndict.tar.gz", "log.txt", "command.sh",
                  "sample_0.png", "sample_fixed1_1.png"):
         assert (folder / name).exists(), name
-    grid = read_png(folder / "sample_1.png")
+    grid = np.asarray(Image.open(folder / "sample_1.png"))
     assert grid.shape == (320, 320, 3) and grid.std() > 0
     log = (folder / "log.txt").read_text()
     assert "Run folder" in log and "Valid cost" in log
     assert "margs.posterior=down_iaf2_nl" in (folder / "command.sh").read_text()
+
+
+def test_sacred_observer_receives_every_reported_metric(two_runs, observer):
+    metrics = json.loads((observer / "1" / "metrics.json").read_text())
+    lines = (two_runs[0] / "results.txt").read_text().splitlines()
+    header, last = lines[0].split()[1:], lines[-1].split()[1:]
+    logged = dict(zip(header, map(float, last)))
+    for name in ("train.cost", "test.cost", "test.elbo", "logsd_x", "test.kl.000_000",
+                 "test.kl.001_000"):
+        assert metrics[name]["steps"] == [0, 1], name
+    assert metrics["test.cost"]["values"][-1] == pytest.approx(logged["cost"])
+    assert metrics["test.kl.001_000"]["values"][-1] == pytest.approx(logged["cost_z001_000"])
+    running = metrics["train.running_cost"]
+    assert running["steps"] == [16, 32, 48, 64]  # images seen: 2 epochs of 2 minibatches
+    assert running["values"][1] == pytest.approx(metrics["train.cost"]["values"][0])
 
 
 def test_same_seed_gives_the_same_numbers(two_runs):
@@ -131,3 +154,15 @@ def test_bad_input_exits_nonzero_with_one_sentence(case, args, prepare, expected
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "pwned").exists()
+
+
+def test_progress_rate_is_measured_from_the_first_compiled_step_on(monkeypatch, capsys):
+    import train
+    progress = train.Progress(n_images=1000, every=30.0)
+    # The first step ends after 100 s of compiling; then 16 images every second.
+    for now, done in [(100.0, 16), (115.0, 256), (131.0, 512)]:
+        monkeypatch.setattr(train.time, "time", lambda: now)
+        progress.update(done, running_cost=3.5)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines == ["  512/1000 images, 16.0 images/s, train 3.5000 bits/dim, "
+                     "epoch ETA 0.5 min"]

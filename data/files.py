@@ -1,0 +1,36 @@
+"""Crash-safe file writing: a reader sees the old file or the complete new one, never a part."""
+import os
+import tempfile
+
+
+def _umask():
+    """The process umask (os.umask reads it only by setting it: briefly to a strict one)."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write):
+    """Call ``write(fileobj)`` on a temporary binary file next to ``path``, then move it onto ``path``.
+
+    The file gets mode ``0o666 & ~umask``, as ``open()`` would give it, and is flushed and
+    fsynced before ``os.replace``; the folder is fsynced afterwards so the rename survives a
+    crash. On any exception the temporary file is removed and the exception re-raised.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    folder_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(folder_fd)
+    finally:
+        os.close(folder_fd)
