@@ -28,5 +28,7 @@ setup(
         "matplotlib>=3.7,<3.11",
         "Pillow>=9",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # MPI from wheels: mpi4py and MPICH, whose mpiexec passes SIGINT/SIGTERM on to every
+    # rank and waits for them (README, "Many processes").
+    extras_require={"test": ["pytest>=7"], "mpi": ["mpi4py>=4", "mpich"]},
 )

@@ -38,6 +38,8 @@ from models import ConfigError, ModelConfig, ResNetVAE, WeightsError, load_ndict
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.config import default_options, option_names
 from models.noise import permutation
+from models.optim import COST, FREE_SLOTS
+from models.parallel import ParallelError, Processes
 
 ex = Experiment("iaf", save_git_info=False)
 for _name, _updates in NAMED_CONFIGS.items():
@@ -73,6 +75,12 @@ def config():
     skip_nonfinite = False  # True: skip (and count) steps with a NaN/inf cost or gradient
 
 
+try:  # this process and, under mpiexec, the others of the run (models/parallel.py)
+    processes = Processes()
+except ParallelError as _error:
+    sys.exit(f"ERROR - {_error}")
+
+
 class Error(SacredError):
     """A user-facing error: one sentence, no traceback."""
 
@@ -88,7 +96,7 @@ def user_errors():
     """Turn the errors a user can fix (bad data, config, weights) into one-line messages."""
     try:
         yield
-    except (DataError, ConfigError, WeightsError, CheckpointError) as err:
+    except (DataError, ConfigError, WeightsError, CheckpointError, ParallelError) as err:
         raise Error(str(err)) from None
 
 
@@ -136,32 +144,44 @@ def build_model(cfg):
 
 
 def initialise(model, init_x, cfg):
-    """Data-dependent init, or weights from ``load_model_path`` (or both if incomplete)."""
+    """Data-dependent init, or weights from ``load_model_path`` (or both if incomplete),
+    on rank 0, which then sends the parameters to the other ranks."""
     path, complete = cfg["load_model_path"], cfg["load_model_complete"]
-    if path is None or not complete:
+    if processes.is_main and (path is None or not complete):
         eps = model.noise("init", 0, range(len(init_x)))
         for name in model.data_init(init_x, eps):
             print(f"warning: a channel of {name} has std 0 on the init batch; "
                   f"skipped its data-dependent init")
-    if path is not None:
+    if processes.is_main and path is not None:
         path = os.path.join(path, "weights.ndict.tar.gz")
         print(f"Loading weights from {path}")
         missing = model.set_weights(load_ndict(path), complete=complete, source=path)
         if missing:
             print(f"warning: {len(missing)} parameters not in the file kept their init")
+    for parameters in (model.params, model.avg_params):
+        processes.broadcast_(parameters.buffer)
 
 
 def minibatches(n_images, n_batch):
     return [(start, min(start + n_batch, n_images)) for start in range(0, n_images, n_batch)]
 
 
+def evaluate_minibatches(model, x, n_batch, purpose, first_step=0):
+    """Evaluation outputs of every minibatch of ``x`` (in order, as one list on every rank,
+    each rank computing its share): minibatch ``b`` gets the noise of step
+    ``first_step + b``, so the same weights always give the same numbers."""
+    batches = minibatches(len(x), n_batch)
+    mine = [(b, model.evaluate(x[start:stop], model.noise(purpose, first_step + b,
+                                                          range(stop - start))))
+            for b in processes.share(range(len(batches))) for start, stop in [batches[b]]]
+    return [results for share in processes.gather(mine) for _, results in share]
+
+
 def evaluate_set(model, x, n_batch):
-    """Mean of every evaluation output over ``x`` in minibatches, in order; minibatch
-    ``b`` always gets the same noise, so the same weights give the same numbers."""
+    """Mean of every evaluation output over ``x``, summed in minibatch order."""
     sums = {}
-    for b, (start, stop) in enumerate(minibatches(len(x), n_batch)):
-        eps = model.noise("eval", b, range(stop - start))
-        for key, value in model.evaluate(x[start:stop], eps).items():
+    for results in evaluate_minibatches(model, x, n_batch, "eval"):
+        for key, value in results.items():
             sums[key] = sums.get(key, 0.0) + float(value.sum())
     return {key: total / len(x) for key, total in sums.items()}
 
@@ -169,13 +189,11 @@ def evaluate_set(model, x, n_batch):
 def estimate_marglik(model, x, n_batch, n_samples):
     """Importance-sampled ``-log p(x)`` in bits/dim: log-mean-exp over K posterior samples
     of ``log p(x|z) + log p(z) - log q(z|x)`` per image (free bits never enter it)."""
-    batches = minibatches(len(x), n_batch)
+    n_batches = len(minibatches(len(x), n_batch))
     log_w = []
     for k in range(n_samples):
-        log_w.append(np.concatenate([
-            model.evaluate(x[start:stop], model.noise("marglik", k * len(batches) + b,
-                                                      range(stop - start)))["log_weight"]
-            for b, (start, stop) in enumerate(batches)]).astype(np.float64))
+        results = evaluate_minibatches(model, x, n_batch, "marglik", k * n_batches)
+        log_w.append(np.concatenate([r["log_weight"] for r in results]).astype(np.float64))
         stacked = np.stack(log_w)
         top = stacked.max(axis=0)
         log_px = top + np.log(np.exp(stacked - top).mean(axis=0))
@@ -220,9 +238,14 @@ class Progress:
               f"train {running_cost:.4f} bits/dim, epoch ETA {eta / 60:.1f} min", flush=True)
 
 
+# The flat gradient's free slots: the ranks' flags, summed with it in the step's one
+# all-reduce (docs/model.md §11).
+STOP, CHECKPOINT = FREE_SLOTS
+
+
 class Run:
     """A training run: config, run folder, data, model and loop state; sacred's ``_run``
-    receives the metrics."""
+    receives the metrics. Under mpiexec every rank holds one, rank 0 writes the files."""
 
     def __init__(self, cfg, folder, sacred_run, state=None):
         self.cfg, self.folder, self.sacred_run = cfg, folder, sacred_run
@@ -233,8 +256,12 @@ class Run:
         self.last_checkpoint = time.time()
 
     def save(self):
-        meta = {"config": self.cfg, "loop": dataclasses.asdict(self.state)}
-        save_checkpoint(self.folder, self.model.training_state(), meta)
+        """Checkpoint, once every rank is seen to hold the same parameters."""
+        processes.check_identical(self.model.params.buffer, "parameters")
+        if processes.is_main:
+            meta = {"config": self.cfg, "loop": dataclasses.asdict(self.state)}
+            save_checkpoint(self.folder, self.model.training_state(), meta)
+        processes.broadcast(None)  # no rank goes on, or ends, before it is written
         self.last_checkpoint = time.time()
 
     def train(self):
@@ -253,32 +280,48 @@ class Run:
             self.save()
         return True
 
+    def step(self, order, positions):
+        """One step on the global minibatch at ``positions`` of the epoch's ``order``: each
+        rank's gradient of its share, summed over ranks, then the same update everywhere.
+        Returns the summed flat vector (gradient, cost, flags) and whether it was applied."""
+        model, mine = self.model, processes.share(positions)
+        if len(mine):
+            flat = model.gradient(self.train_x[order[mine]],
+                                  model.noise("train", self.state.epoch, mine))[1]
+        else:  # a last global minibatch smaller than the number of ranks
+            flat = np.zeros(model.optimiser.gradient_size, np.float32)
+        flat[STOP] = self.stop_signal is not None
+        flat[CHECKPOINT] = processes.is_main and \
+            time.time() - self.last_checkpoint > 60 * self.cfg["checkpoint_minutes"]
+        processes.sum_(flat)
+        return flat, model.apply_gradient(flat)
+
     def train_epoch(self):
         """The rest of the current epoch's minibatches; False if stopped by a signal."""
-        cfg, state, model = self.cfg, self.state, self.model
+        cfg, state = self.cfg, self.state
         order = permutation(cfg["seed"], state.epoch, len(self.train_x))
         progress = Progress(len(order))
         while state.images_done < len(order):
             start = state.images_done
-            positions = range(start, min(start + cfg["n_batch"], len(order)))
-            eps = model.noise("train", state.epoch, positions)
-            cost, applied = model.train_step(self.train_x[order[positions]], eps)
+            positions = np.arange(start, min(start + cfg["n_batch"] * processes.size,
+                                             len(order)))
+            flat, applied = self.step(order, positions)
             if not applied:
                 self.non_finite_step()
             else:
-                state.cost_sum += float(cost.sum())
-            state.images_done = positions.stop
+                state.cost_sum += float(flat[COST])
+            state.images_done = int(positions[-1]) + 1
             running = state.cost_sum / state.images_done
             progress.update(state.images_done, running)
             self.sacred_run.log_scalar("train.running_cost", running,
                                        state.epoch * len(order) + state.images_done)
-            if self.stop_signal is not None:
+            if flat[STOP]:
                 self.save()
-                print(f"Stopped by {self.stop_signal} at epoch {state.epoch}, image "
-                      f"{state.images_done}; checkpoint saved. Resume with:\n"
-                      f"  python train.py with resume={self.folder}")
+                print(f"Stopped by {self.stop_signal or 'a signal to another rank'} at epoch "
+                      f"{state.epoch}, image {state.images_done}; checkpoint saved. Resume "
+                      f"with:\n  python train.py with resume={self.folder}")
                 return False
-            if time.time() - self.last_checkpoint > 60 * cfg["checkpoint_minutes"]:
+            if flat[CHECKPOINT]:
                 self.save()
         return True
 
@@ -302,21 +345,23 @@ class Run:
         kl = {k[len("cost_z"):]: v for k, v in results.items() if k.startswith("cost_z")}
         state.history["test"].append([state.epoch, results["cost"]])
         state.history["kl"].append([state.epoch, kl])
+        is_best = state.best is None or results["cost"] < state.best
+        state.best = results["cost"] if is_best else state.best
         weights = model.get_weights()
+        logsd = float(weights.get("logsd_x", 0.0))
+        for name, value in [("test.cost", results["cost"]), ("test.elbo", results["elbo"]),
+                            ("logsd_x", logsd)] + [(f"test.kl.{k}", v) for k, v in kl.items()]:
+            self.sacred_run.log_scalar(name, value, state.epoch)
+        if not processes.is_main:
+            return
         save_ndict(weights, os.path.join(folder, "weights.ndict.tar.gz"))
-        if state.best is None or results["cost"] < state.best:
-            state.best = results["cost"]
-            if cfg["save_model"]:
-                save_ndict(weights, os.path.join(folder, "weights_best.ndict.tar.gz"))
+        if is_best and cfg["save_model"]:
+            save_ndict(weights, os.path.join(folder, "weights_best.ndict.tar.gz"))
         append_results(folder, state.epoch, results)
         write_samples(model, folder, state.epoch)
         kl_floor = model.config.kl_min * model.config.n_z
         save_learning_curve(os.path.join(folder, "learning_curve.png"), state.history,
                             kl_floor=kl_floor or None)
-        logsd = float(weights.get("logsd_x", 0.0))
-        for name, value in [("test.cost", results["cost"]), ("test.elbo", results["elbo"]),
-                            ("logsd_x", logsd)] + [(f"test.kl.{k}", v) for k, v in kl.items()]:
-            self.sacred_run.log_scalar(name, value, state.epoch)
         if state.epoch == 0:
             print("logdir: t: Epoch: Train cost: Valid cost: Best: log(stdev) of p(x|z):")
         print(f"{os.path.basename(folder)} {dt:.2f} {state.epoch} {train_cost:.5f} "
@@ -404,7 +449,10 @@ def config_differences(saved, current, keys):
 
 
 def resume_run(folder, cfg, sacred_run):
-    arrays, meta = load_checkpoint(folder)
+    """The run in ``folder`` as its checkpoint left it. Rank 0 reads the checkpoint and
+    sends it to the others, which may run on machines without the folder."""
+    arrays, meta = load_checkpoint(folder) if processes.is_main else (None, None)
+    meta = processes.broadcast(meta)
     modified = sacred_run.config_modifications.modified
     user_set = {k for k in modified if k.split(".")[0] not in ("resume", "seed", "n_epochs")}
     differences = config_differences(meta["config"], cfg, user_set)
@@ -414,10 +462,34 @@ def resume_run(folder, cfg, sacred_run):
     if "n_epochs" in modified:  # the one setting a resumed run may change: when to stop
         saved["n_epochs"] = cfg["n_epochs"]
     run = Run(saved, folder, sacred_run, LoopState(**meta["loop"]))
-    run.model.set_training_state(arrays)
-    trim_results(folder, {epoch for epoch, _ in run.state.history["test"]})
+    if not processes.is_main:
+        arrays = run.model.training_state()  # buffers of the right sizes to receive into
+    for array in arrays.values():
+        processes.broadcast_(array)
+    try:
+        run.model.set_training_state(arrays)
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"the checkpoint in {folder} does not fit its own config's "
+                              f"model ({err}): a damaged file?") from None
+    if processes.is_main:
+        trim_results(folder, {epoch for epoch, _ in run.state.history["test"]})
     print(f"Resuming {folder} at epoch {run.state.epoch}, image {run.state.images_done}")
     return run
+
+
+def open_run_folder(cfg):
+    """The run folder, new or resumed (created, and logged to, by rank 0 only)."""
+    folder = cfg["resume"]
+    if processes.is_main:
+        if folder and not os.path.isdir(folder):
+            raise Error(f"resume={folder}: no such run folder")
+        folder = folder or make_run_folder()
+        sys.stdout = Tee(sys.stdout, os.path.join(folder, "log.txt"))
+        if not cfg["resume"]:
+            with open(os.path.join(folder, "command.sh"), "w") as f:
+                f.write(" ".join(shlex.quote(a) for a in ["python"] + sys.argv) + "\n")
+            print(f"Run folder: {folder}")
+    return processes.broadcast(folder)
 
 
 @ex.main
@@ -425,18 +497,11 @@ def train(_config, _run):
     """Train, reporting test bits/dim, weights and samples into a run folder."""
     with user_errors():
         cfg = json.loads(json.dumps(_config))
-        if cfg["resume"] and not os.path.isdir(cfg["resume"]):
-            raise Error(f"resume={cfg['resume']}: no such run folder")
-        if cfg["resume"]:
-            sys.stdout = Tee(sys.stdout, os.path.join(cfg["resume"], "log.txt"))
-            run = resume_run(cfg["resume"], cfg, _run)
-        else:
-            folder = make_run_folder()
-            sys.stdout = Tee(sys.stdout, os.path.join(folder, "log.txt"))
-            with open(os.path.join(folder, "command.sh"), "w") as f:
-                f.write(" ".join(shlex.quote(a) for a in ["python"] + sys.argv) + "\n")
-            print(f"Run folder: {folder}")
-            run = Run(cfg, folder, _run)
+        folder = open_run_folder(cfg)
+        run = resume_run(folder, cfg, _run) if cfg["resume"] else Run(cfg, folder, _run)
+        if processes.size > 1:
+            print(f"{processes.size} processes, global minibatch "
+                  f"{processes.size * cfg['n_batch']} ({cfg['n_batch']} per process)")
         with stop_on_signals(run):
             if not cfg["resume"]:
                 initialise(run.model, run.train_x[:cfg["n_batch"]], cfg)
@@ -476,13 +541,26 @@ def print_params(_config):
     """Every parameter as ``name shape``, then the total count; compiles nothing."""
     with user_errors():
         model = build_model(_config)
-    total = 0
-    for name, var in sorted(model.params.items()):
-        shape = var.get_value(borrow=True).shape
-        total += int(np.prod(shape))
+    for name, shape in sorted(model.params.shapes.items()):
         print(name, shape)
-    print(f"total {total}")
+    print(f"total {model.params.size}")
+
+
+def main(argv):
+    """Sacred's command line, on every rank; only rank 0 prints, logs and is observed."""
+    if not processes.is_main:
+        argv = argv + ["--unobserved", "--loglevel=ERROR"]
+        sys.stdout = open(os.devnull, "w")
+    try:
+        ex.run_commandline(argv)
+    except SystemExit as end:
+        if end.code and processes.size > 1:  # the others may wait for this rank: end them
+            if not processes.is_main:
+                time.sleep(2)  # if rank 0 failed too, let it say why first
+            sys.stderr.flush()
+            processes.abort(1)
+        raise
 
 
 if __name__ == "__main__":
-    ex.run_commandline()
+    main(sys.argv)

@@ -90,8 +90,7 @@ def measure(name, n_steps, n_batch):
     peak = 5 * 2 * 2048 ** 3 / (time.time() - t0) / 1e9
     step = float(np.median(times))
     fwd = conv_flops(model, n_batch)
-    return {"config": name, "n_batch": n_batch, "n_params": int(sum(
-        v.get_value().size for v in model.params.values())),
+    return {"config": name, "n_batch": n_batch, "n_params": model.params.size,
         "data_init_s": init_s, "compile_and_first_step_s": first_step_s,
         "start_to_first_step_s": start_to_first_step_s,
         "step_s": step, "eval_s": float(np.median(eval_times)),

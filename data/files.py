@@ -10,18 +10,19 @@ def _umask():
     return mask
 
 
-def atomic_write(path, write):
+def atomic_write(path, write, mode=None):
     """Call ``write(fileobj)`` on a temporary binary file next to ``path``, then move it onto ``path``.
 
-    The file gets mode ``0o666 & ~umask``, as ``open()`` would give it, and is flushed and
-    fsynced before ``os.replace``; the folder is fsynced afterwards so the rename survives a
-    crash. On any exception the temporary file is removed and the exception re-raised.
+    The file gets ``mode``, by default ``0o666 & ~umask`` as ``open()`` would give it, and
+    is flushed and fsynced before ``os.replace``; the folder is fsynced afterwards so the
+    rename survives a crash. On any exception the temporary file is removed and the
+    exception re-raised.
     """
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            os.fchmod(f.fileno(), 0o666 & ~_umask() if mode is None else mode)
             write(f)
             f.flush()
             os.fsync(f.fileno())

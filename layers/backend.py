@@ -99,5 +99,8 @@ from .theano_patches import c_code_version  # noqa: E402,F401
 
 theano_patches.apply(theano)
 floatX = theano.config.floatX
+# Our C ops (convolution, weight norm, optimiser step) instead of the plain Theano
+# expressions they are tested against; IAF_CUSTOM_OPS=0 selects the plain versions.
+CUSTOM_OPS = os.environ.get("IAF_CUSTOM_OPS", "1") != "0"
 
 

@@ -1,20 +1,15 @@
 """Weight-normalised convolution with the pad channel (docs/model.md §2), and 2x resampling.
 
-A layer is a small object: its constructor creates its parameters (Theano shared variables)
-in the model's parameter dict; calling it with an input and *a* parameter dict (the trained
-weights, their Polyak averages, or a `DataInit`) applies it.
+A layer is a small object: its constructor puts its parameters' initial values into the
+model's ``name -> array`` dict (the model then stores them all in one flat buffer, see
+`layers.parameters`); calling it with an input and *a* dict of symbolic parameters (the
+trained weights, their Polyak averages, or a `DataInit`) applies it.
 """
-import os
-
 import numpy as np
 
-from .backend import T, floatX, theano
+from .backend import CUSTOM_OPS, T, floatX
 from .gemm_conv import gemm_conv2d
 from .weight_norm import weight_norm
-
-
-def shared(value):
-    return theano.shared(np.asarray(value, dtype=floatX))
 
 
 def split_shared_name(name):
@@ -91,10 +86,9 @@ class Conv2d:
     init_eps = 1e-7
     norm_eps = 0.0
     # Our C ops: stride-1 convolutions on the batched-GEMM op (gemm_conv.py) and the
-    # weight norm as one op (weight_norm.py); same sums, much faster on CPU. False (or the
-    # environment variable IAF_CUSTOM_OPS=0) gives plain Theano expressions and conv2d,
-    # the version they are tested against.
-    custom_ops = os.environ.get("IAF_CUSTOM_OPS", "1") != "0"
+    # weight norm as one op (weight_norm.py); same sums, much faster on CPU. False gives
+    # plain Theano expressions and conv2d, the version they are tested against.
+    custom_ops = CUSTOM_OPS
     taps = None  # kernel positions (flat i * kw + j) that can be nonzero; None: all
 
     def __init__(self, params, rng, name, n_in, n_out, kernel, downsample=1, upsample=1):
@@ -108,9 +102,9 @@ class Conv2d:
         self.downsample, self.upsample = downsample, upsample
         shape = (n_out * upsample**2, n_in + int(self.has_pad_channel), kh, kw)
         self.w_name, self.b_name, self.s_name = name_w + "_w", self.name + "_b", self.name + "_s"
-        params[self.w_name] = shared(self.initial_weights(rng, shape))
-        params[self.b_name] = shared(np.zeros(shape[0]))
-        params[self.s_name] = shared(np.zeros(shape[0]))
+        params[self.w_name] = self.initial_weights(rng, shape).astype(floatX)
+        params[self.b_name] = np.zeros(shape[0], floatX)
+        params[self.s_name] = np.zeros(shape[0], floatX)
 
     def initial_weights(self, rng, shape):
         return 0.05 * rng.randn(*shape)

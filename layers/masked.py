@@ -72,10 +72,6 @@ class MaskedConv2d(Conv2d):
     def unnormalised(self, w):
         return self.norm_mask * w[self.w_name]
 
-    def remask(self, new_w):
-        """Re-apply the mask to this layer's weight after each optimiser step (docs/model.md §3)."""
-        return self.mask * new_w
-
 
 class IAFNetwork:
     """``ar_multiconv2d``: masked hidden convs with a context input, then masked outputs.

@@ -1,63 +1,82 @@
-"""AdaMax with Polyak averaging, as the original trains (docs/model.md §10)."""
+"""AdaMax with Polyak averaging over the flat parameter buffers (docs/model.md §10)."""
 from collections import OrderedDict
 
 import numpy as np
+from layers.adamax import AdaMaxPolyakStep
+from layers.backend import CUSTOM_OPS, IfElse, T, floatX, theano
 
-from layers.backend import IfElse, T, floatX, theano
 
-
-def _zeros_like(var, fill=0.0):
-    return theano.shared(np.full(var.get_value().shape, fill, dtype=floatX))
+# Where the flat gradient vector (`AdaMaxPolyak.gradient`) keeps, after the gradient of
+# every parameter, the summed cost and two free slots for the caller.
+COST, FREE_SLOTS = -3, (-2, -1)
 
 
 class AdaMaxPolyak:
     """Update rules ``m <- (1-beta1) m + beta1 g``, ``u <- max((1-beta2) u, |g| + 1e-8)``,
-    ``w <- project(w - alpha m / u)`` and ``w_avg <- beta2 w_old + (1-beta2) w_avg``.
+    ``w <- w - alpha m / u`` (masked weights re-masked) and
+    ``w_avg <- beta2 w_old + (1-beta2) w_avg``, with no bias correction (as the original).
 
-    There is no bias correction (the original has none). The moments ``m``, ``u`` are
-    shared variables held here, so a checkpoint can save them. ``project`` re-masks the
-    weights of masked convolutions. If the cost or any gradient is not finite, the step
-    leaves every variable as it was (the caller sees the bad cost and decides).
+    ``params`` and ``averages`` are `layers.parameters.FlatParameters`; the moments are flat
+    shared vectors held here, so a checkpoint can save them; ``masks`` maps a weight's
+    name to its mask. The training step is two functions: `gradient` gives one flat vector
+    (which processes may add together) and `update_function` applies it. If the cost or any
+    gradient element is not finite, the update leaves every variable as it was.
     """
 
-    def __init__(self, params, avg_params, alpha=0.002, beta1=0.1, beta2=0.001):
-        self.params, self.avg_params = params, avg_params
-        self.alpha, self.beta1, self.beta2 = alpha, beta1, beta2
-        self.names = sorted(params)
-        self.m = OrderedDict((n, _zeros_like(params[n])) for n in self.names)
-        self.u = OrderedDict((n, _zeros_like(params[n], 1e-8)) for n in self.names)
+    custom_op = CUSTOM_OPS  # False: the plain Theano update the C op is tested against
 
-    def updates(self, total_cost, project):
-        """Updates minimising ``total_cost``; ``project[name]`` maps a new weight value."""
-        grads = T.grad(total_cost, [self.params[n] for n in self.names],
-                       disconnected_inputs="ignore")
-        # One scalar: finite only if the cost and every gradient element are (a sum that
-        # overflows is as bad a step). One lazy IfElse then keeps the graph small.
-        total = total_cost + T.add(*[g.sum() for g in grads])
-        finite = ~(T.isnan(total) | T.isinf(total))
-        variables, new_values = [], []
-        for name, g in zip(self.names, grads):
-            w, m, u, w_avg = self.params[name], self.m[name], self.u[name], self.avg_params[name]
-            m_new = (1 - self.beta1) * m + self.beta1 * g
-            u_new = T.maximum((1 - self.beta2) * u, abs(g) + 1e-8)
-            w_new = project.get(name, lambda v: v)(w - self.alpha * m_new / u_new)
-            avg_new = self.beta2 * w + (1 - self.beta2) * w_avg
-            variables += [m, u, w, w_avg]
-            new_values += [m_new, u_new, w_new, avg_new]
-        # Built as a view (``as_view=True``), i.e. what Theano's ``cond_make_inplace`` would
-        # make of ``ifelse(finite, new_values, variables)``: letting the optimiser swap the
-        # op itself costs ~9 s of compile (shape-feature checks on every output).
-        chosen = IfElse(n_outs=len(variables), as_view=True)(
-            finite, *new_values, *variables, return_list=True)
-        updates = OrderedDict(zip(variables, chosen))
-        return updates, finite
+    def __init__(self, params, averages, masks, alpha=0.002, beta1=0.1, beta2=0.001):
+        self.params, self.averages = params, averages
+        self.alpha, self.beta1, self.beta2 = alpha, beta1, beta2
+        self.m = theano.shared(np.zeros(params.size, floatX), name="adamax_m")
+        self.u = theano.shared(np.full(params.size, 1e-8, floatX), name="adamax_u")
+        keep = np.ones(params.size, np.uint8)
+        for name, mask in masks.items():
+            start = params.offsets[name]
+            keep[start:start + mask.size] = mask.ravel() != 0
+        self.keep = theano.shared(keep, name="adamax_keep")
+
+    @property
+    def gradient_size(self):
+        return self.params.size - COST
+
+    def gradient(self, cost):
+        """``[d cost / d params..., cost, 0, 0]``: the gradient as one flat vector in the
+        parameters' buffer order, then the cost (so that its finiteness is checked with the
+        gradient's) and two free slots for the caller (flags summed across processes)."""
+        names = list(self.params)
+        grads = T.grad(cost, [self.params[n] for n in names], disconnected_inputs="ignore")
+        return T.concatenate([g.flatten() for g in grads] + [cost.reshape((1,)), T.zeros(2)])
+
+    def update_function(self):
+        """A compiled ``f(gradient vector) -> applied`` that updates every buffer in place."""
+        g = T.vector("gradient", dtype=floatX)
+        variables = [self.params.shared, self.averages.shared, self.m, self.u]
+        if self.custom_op:
+            *new_values, applied = AdaMaxPolyakStep(self.alpha, self.beta1, self.beta2)(
+                *variables, self.keep, g)
+        else:
+            new_values, applied = self._plain_update(g)
+        return theano.function([g], applied, updates=OrderedDict(zip(variables, new_values)),
+                               accept_inplace=True)  # the op updates the buffers in place
+
+    def _plain_update(self, g):
+        """The same update in plain Theano (the version the C op is tested against)."""
+        w, avg, m, u = self.params.shared, self.averages.shared, self.m, self.u
+        finite = T.all(~(T.isnan(g) | T.isinf(g)))
+        grad = g[:self.params.size]
+        m_new = (1 - self.beta1) * m + self.beta1 * grad
+        u_new = T.maximum((1 - self.beta2) * u, abs(grad) + 1e-8)
+        w_new = T.switch(self.keep, w - self.alpha * m_new / u_new, 0)
+        avg_new = self.beta2 * w + (1 - self.beta2) * avg
+        new_values = [w_new, avg_new, m_new, u_new]
+        chosen = IfElse(n_outs=4)(finite, *new_values, w, avg, m, u, return_list=True)
+        return chosen, finite
 
     def state(self):
-        """Optimiser moments as name -> array dicts."""
-        return {"m": {n: v.get_value() for n, v in self.m.items()},
-                "u": {n: v.get_value() for n, v in self.u.items()}}
+        """The moments as flat arrays."""
+        return {"adamax_m": self.m.get_value(), "adamax_u": self.u.get_value()}
 
     def set_state(self, state):
-        for key in ("m", "u"):
-            for name, var in getattr(self, key).items():
-                var.set_value(np.asarray(state[key][name], dtype=floatX))
+        for name, var in (("adamax_m", self.m), ("adamax_u", self.u)):
+            var.set_value(np.asarray(state[name], dtype=floatX))

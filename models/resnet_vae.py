@@ -7,13 +7,16 @@ init and sampling. It owns the parameters, their Polyak averages and the optimis
 """
 import math
 from collections import OrderedDict
+from pathlib import Path
 
+import layers
 import numpy as np
 from layers import (Conv2d, DataInit, IAFNetwork, MaskedConv2d, MaskedResNet, avg_pool2,
                     bernoulli_logps, discretized_logistic_logps, gaussian_diag_logps,
                     nonlinearity, upsample_nn2)
 from layers.backend import T, floatX, theano
-from layers.conv import shared
+from layers.function_cache import FunctionCache
+from layers.parameters import FlatParameters
 
 from .config import ConfigError, ModelConfig
 from .noise import image_noise
@@ -221,9 +224,9 @@ class ResNetVAE:
         rng = np.random.RandomState(seed)
         self.nl = nonlinearity(cfg.nl)
         self.shape_x = (cfg.shape_x[0],) + cfg.image_size
-        self.params = p = OrderedDict()
+        p = OrderedDict()  # parameter name -> initial value, filled by the layers
         if cfg.px == "logistic":
-            p["logsd_x"] = shared(0.0)
+            p["logsd_x"] = np.float32(0.0)
         channels = cfg.shape_x[0]
         self.x_enc = Conv2d(p, rng, "x_enc", channels, cfg.n_h1, cfg.kernel_x, downsample=2)
         self.x_dec = Conv2d(p, rng, "x_dec", cfg.n_h1, channels, cfg.kernel_x, upsample=2)
@@ -232,9 +235,16 @@ class ResNetVAE:
             for j in range(depth):
                 self.layers[i, j] = VAELayer(p, rng, self._layer_name(i, j), cfg,
                                              downsample=i > 0 and j == 0)
-        p["h_top"] = shared(np.zeros(cfg.n_h1))
-        self.avg_params = OrderedDict((k, shared(v.get_value())) for k, v in p.items())
-        self.optimiser = AdaMaxPolyak(p, self.avg_params, cfg.alpha, cfg.beta1, cfg.beta2)
+        p["h_top"] = np.zeros(cfg.n_h1, floatX)
+        self.params = FlatParameters(p, "params")
+        self.avg_params = FlatParameters(p, "avg_params")  # their Polyak averages
+        masks = {conv.w_name: conv.mask for conv in self.masked_convs}
+        self.optimiser = opt = AdaMaxPolyak(self.params, self.avg_params, masks, cfg.alpha,
+                                            cfg.beta1, cfg.beta2)
+        shared = [self.params.shared, self.avg_params.shared, opt.m, opt.u, opt.keep]
+        key = {"config": cfg.as_dict(), "custom_ops": [Conv2d.custom_ops, opt.custom_op]}
+        self._cache = FunctionCache(key, [Path(layers.__file__).parent, Path(__file__).parent],
+                                    {var.name: var for var in shared})
         self._compiled = {}
 
     def _layer_name(self, i, j):
@@ -331,45 +341,61 @@ class ResNetVAE:
         """Symbolic inputs: a uint8 minibatch and one noise tensor per layer."""
         return T.tensor4("x", dtype="uint8"), [T.tensor4(f"eps{k}") for k in range(len(self.layers))]
 
-    def _function(self, key, build):
-        if key not in self._compiled:
-            self._compiled[key] = build()
-        return self._compiled[key]
+    def _function(self, name, build):
+        """``(function, extra)`` from ``build()``, compiled once (and cached on disk)."""
+        if name not in self._compiled:
+            self._compiled[name] = self._cache.get(name, build)
+        return self._compiled[name]
 
     # -- public API --------------------------------------------------------------------
     def data_init(self, x, eps):
         """Data-dependent init of every conv's ``s`` and ``b`` from batch ``x`` with
         posterior noise ``eps`` (docs/model.md §2). Returns the names of the convolutions
         skipped because a channel had std 0."""
-        xs, es = self._inputs()
-        w = DataInit(self.params)
-        self._graph(xs, es, w)
-        outputs = [e for _, s, b, ok in w.records for e in (s, b, ok)]
-        values = theano.function([xs] + es, outputs)(x, *eps)
-        skipped = []
-        for k, (conv, _, _, _) in enumerate(w.records):
+        def build():
+            xs, es = self._inputs()
+            w = DataInit(self.params)
+            self._graph(xs, es, w)
+            outputs = [e for _, s, b, ok in w.records for e in (s, b, ok)]
+            names = [(conv.s_name, conv.b_name, conv.name) for conv, _, _, _ in w.records]
+            return theano.function([xs] + es, outputs), names
+        f, names = self._function("data_init", build)
+        values = f(x, *eps)
+        skipped, found = [], {}
+        for k, (s_name, b_name, conv_name) in enumerate(names):
             s, b, ok = values[3 * k:3 * k + 3]
             if ok:
-                self.params[conv.s_name].set_value(s.astype(floatX))
-                self.params[conv.b_name].set_value(b.astype(floatX))
+                found.update({s_name: s, b_name: b})
             else:
-                skipped.append(conv.name)
-        for name, var in self.params.items():
-            self.avg_params[name].set_value(var.get_value())
+                skipped.append(conv_name)
+        self.params.set_values(found)
+        self.avg_params.set_buffer(self.params.buffer)
         return skipped
+
+    def gradient(self, x, eps):
+        """Per-image cost of minibatch ``x`` with posterior noise ``eps``, and the flat
+        vector ``[gradient of the summed cost, summed cost, 0, 0]`` (see
+        `AdaMaxPolyak.gradient`): valid until the next call."""
+        def build():
+            xs, es = self._inputs()
+            cost = self._graph(xs, es, self.params)["cost"]
+            flat = self.optimiser.gradient(cost.sum())
+            return theano.function([xs] + es, [cost, theano.Out(flat, borrow=True)]), None
+        return self._function("gradient", build)[0](x, *eps)
+
+    def apply_gradient(self, flat):
+        """One AdaMax step with a flat gradient from `gradient` (or a sum of them); False
+        if anything in it is not finite, in which case nothing changed."""
+        def build():
+            return self.optimiser.update_function(), None
+        return bool(self._function("update", build)[0](flat))
 
     def train_step(self, x, eps):
         """One AdaMax step on minibatch ``x`` with posterior noise ``eps``; returns the
         per-image cost (before the step) and whether the step was applied: if the cost or
         a gradient is not finite, nothing is updated and the caller decides what to do."""
-        def build():
-            xs, es = self._inputs()
-            cost = self._graph(xs, es, self.params)["cost"]
-            remask = {conv.w_name: conv.remask for conv in self.masked_convs}
-            updates, applied = self.optimiser.updates(cost.sum(), remask)
-            return theano.function([xs] + es, [cost, applied], updates=updates)
-        cost, applied = self._function("train", build)(x, *eps)
-        return cost, bool(applied)
+        cost, flat = self.gradient(x, eps)
+        return cost, self.apply_gradient(flat)
 
     def evaluate(self, x, eps):
         """Per-image ``cost``, ``cost_x``, per-layer KL ``cost_z*``, ``elbo`` and
@@ -377,20 +403,19 @@ class ResNetVAE:
         def build():
             xs, es = self._inputs()
             results = self._graph(xs, es, self.avg_params)
-            return list(results), theano.function([xs] + es, list(results.values()))
-        keys, f = self._function("eval", build)
+            return theano.function([xs] + es, list(results.values())), list(results)
+        f, keys = self._function("eval", build)
         return OrderedDict(zip(keys, f(x, *eps)))
 
     def decode(self, eps):
         """uint8 images from noise (averaged weights): ancestral sampling of the prior."""
         def build():
             _, es = self._inputs()
-            return theano.function(es, self._sample_graph(es, self.avg_params))
-        return self._function("decode", build)(*eps)
+            return theano.function(es, self._sample_graph(es, self.avg_params)), None
+        return self._function("decode", build)[0](*eps)
 
     def get_weights(self, averaged=True):
-        source = self.avg_params if averaged else self.params
-        return OrderedDict((k, v.get_value()) for k, v in source.items())
+        return (self.avg_params if averaged else self.params).values()
 
     def set_weights(self, values, complete=True, which=("params", "avg_params"), source=None):
         """Load a name -> array dict into the parameters (and their averages).
@@ -399,29 +424,21 @@ class ResNetVAE:
         parameter missing from ``values`` is an error unless ``complete=False``. An error
         says which model options the weights (from file ``source``) seem to differ in.
         """
-        missing = [k for k in self.params if k not in values]
-        wrong = [k for k, v in self.params.items()
-                 if k in values and np.shape(values[k]) != v.get_value().shape]
+        shapes = self.params.shapes
+        missing = [k for k in shapes if k not in values]
+        wrong = [k for k in shapes if k in values and np.shape(values[k]) != shapes[k]]
         if wrong or (missing and complete):
-            model_shapes = {k: v.get_value().shape for k, v in self.params.items()}
-            raise ConfigError(mismatch_message(values, model_shapes, source))
+            raise ConfigError(mismatch_message(values, shapes, source))
         for target in which:
-            for k, var in getattr(self, target).items():
-                if k in values:
-                    var.set_value(np.asarray(values[k], dtype=floatX))
+            getattr(self, target).set_values(values)
         return missing
 
     def training_state(self):
-        """Everything a step changes, as a flat ``kind/name -> array`` dict."""
-        arrays = {}
-        for kind, values in (("param", self.get_weights(False)), ("avg", self.get_weights(True)),
-                             *self.optimiser.state().items()):
-            arrays.update({f"{kind}/{name}": value for name, value in values.items()})
-        return arrays
+        """Everything a step changes, as flat arrays (copies)."""
+        return {"params": self.params.buffer.copy(), "avg_params": self.avg_params.buffer.copy(),
+                **self.optimiser.state()}
 
     def set_training_state(self, arrays):
-        def part(kind):
-            return {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith(kind + "/")}
-        self.set_weights(part("param"), which=("params",))
-        self.set_weights(part("avg"), which=("avg_params",))
-        self.optimiser.set_state({"m": part("m"), "u": part("u")})
+        self.params.set_buffer(arrays["params"])
+        self.avg_params.set_buffer(arrays["avg_params"])
+        self.optimiser.set_state(arrays)

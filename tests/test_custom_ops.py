@@ -144,3 +144,52 @@ def test_weight_norm_of_a_fully_masked_filter_has_finite_gradients():
     kernel, grad_v, grad_s = ours_wn(v, np.zeros(3, floatX), rng.randn(3, 2, 3, 3).astype(floatX))
     assert not kernel[1].any()
     assert np.isfinite(grad_v).all() and np.isfinite(grad_s).all() and grad_s[1] == 0
+
+
+def _optimiser_after_one_update(custom_op, gradient, monkeypatch):
+    """(weights, averages, m, u, applied) after one update of a small AdaMaxPolyak whose
+    state starts at random values, with the C op or with the plain Theano update."""
+    from layers.parameters import FlatParameters
+    from models.optim import AdaMaxPolyak
+
+    rng = np.random.RandomState(7)
+    initial = {"dense_w": rng.randn(6, 5).astype(floatX), "masked_w": rng.randn(4, 3).astype(floatX),
+               "bias": rng.randn(3).astype(floatX)}
+    mask = (rng.rand(4, 3) > 0.5).astype(floatX)
+    initial["masked_w"] *= mask
+    params, averages = FlatParameters(initial, "w"), FlatParameters(initial, "avg")
+    averages.set_buffer(rng.randn(averages.size))
+    monkeypatch.setattr(AdaMaxPolyak, "custom_op", custom_op)
+    optimiser = AdaMaxPolyak(params, averages, {"masked_w": mask}, alpha=0.01, beta1=0.1,
+                             beta2=0.01)
+    optimiser.set_state({"adamax_m": 0.1 * rng.randn(params.size),
+                         "adamax_u": rng.rand(params.size) + 1e-3})
+    update = optimiser.update_function()
+    assert ("AdaMaxPolyakStep" in str(update.maker.fgraph.toposort())) == custom_op
+    applied = update(gradient)
+    state = optimiser.state()
+    return (params.buffer.copy(), averages.buffer.copy(), state["adamax_m"], state["adamax_u"],
+            bool(applied), mask)
+
+
+def test_optimiser_op_matches_the_plain_theano_update(monkeypatch):
+    gradient = np.random.RandomState(8).randn(30 + 12 + 3 + 3).astype(floatX)
+    *ours, applied, mask = _optimiser_after_one_update(True, gradient, monkeypatch)
+    *plain, plain_applied, _ = _optimiser_after_one_update(False, gradient, monkeypatch)
+    assert applied and plain_applied
+    for got, want, name in zip(ours, plain, ["w", "avg", "m", "u"]):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=name)
+    masked = ours[0][30:42].reshape(4, 3)
+    assert np.all(masked[mask == 0] == 0) and np.all(masked[mask != 0] != 0)
+
+
+@pytest.mark.parametrize("where", [0, 45, -1])  # a weight's gradient, the cost, a free slot
+def test_optimiser_op_changes_nothing_when_any_element_is_not_finite(monkeypatch, where):
+    rng = np.random.RandomState(9)
+    gradient = rng.randn(48).astype(floatX)
+    *before, _, _ = _optimiser_after_one_update(True, np.full(48, np.nan, floatX), monkeypatch)
+    gradient[where] = np.inf
+    *after, applied, _ = _optimiser_after_one_update(True, gradient, monkeypatch)
+    assert not applied
+    for got, want in zip(after, before):
+        np.testing.assert_array_equal(got, want)

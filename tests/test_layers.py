@@ -10,6 +10,11 @@ from layers import (Conv2d, IAFNetwork, MaskedConv2d, ar_mask, depth_to_space,
 from layers.backend import T, floatX, theano
 
 
+def symbolic(params):
+    """A layer's ``name -> initial array`` dict as the symbolic parameters it applies with."""
+    return {name: theano.shared(value) for name, value in params.items()}
+
+
 def _jacobian(f_out, x_shape, rng):
     """Exact (symbolic) Jacobian d out / d x, flattened, at a random point."""
     x = T.tensor4("x")
@@ -34,10 +39,10 @@ def test_masked_conv_is_autoregressive_in_raster_order(n_in, n_out, zerodiagonal
     params = {}
     conv = MaskedConv2d(params, rng, "m", n_in, n_out, (3, 3), zerodiagonal=zerodiagonal)
     # Random unmasked weights: the mask applied in the layer alone must enforce the order.
-    params["m_w"].set_value(rng.randn(*params["m_w"].get_value().shape).astype(floatX))
-    params["m_s"].set_value(rng.randn(n_out).astype(floatX))
+    params["m_w"] = rng.randn(*params["m_w"].shape).astype(floatX)
+    params["m_s"] = rng.randn(n_out).astype(floatX)
     height = width = 4
-    jac = _jacobian(lambda x: conv(x, params), (1, n_in, height, width), rng)
+    jac = _jacobian(lambda x: conv(x, symbolic(params)), (1, n_in, height, width), rng)
     jac = jac.reshape(n_out, height, width, n_in, height, width)
     for oc, oy, ox, ic, iy, ix in itertools.product(range(n_out), range(height), range(width),
                                                     range(n_in), range(height), range(width)):
@@ -64,9 +69,10 @@ def test_iaf_transform_jacobian_is_triangular_with_the_right_diagonal():
     n_z, n_h, height, width = 2, 4, 3, 3
     params = {}
     net = IAFNetwork(params, rng, "iaf", n_z, [n_h, n_h], [n_z, n_z], (3, 3))
-    for name, var in params.items():
-        value = rng.randn(*var.get_value().shape) * (0.3 if name.endswith("_s") else 1)
-        var.set_value(value.astype(floatX))
+    for name, value in params.items():
+        scale = 0.3 if name.endswith("_s") else 1
+        params[name] = (rng.randn(*value.shape) * scale).astype(floatX)
+    params = symbolic(params)
     context = theano.shared(rng.randn(1, n_h, height, width).astype(floatX))
 
     def transform(z):
@@ -93,15 +99,15 @@ def test_conv_matches_explicit_pad_channel_reference():
     rng = np.random.RandomState(2)
     params = {}
     conv = Conv2d(params, rng, "c", 2, 3, (3, 3), downsample=2)
-    params["c_s"].set_value(rng.randn(3).astype(floatX) * 0.3)
-    params["c_b"].set_value(rng.randn(3).astype(floatX))
+    params["c_s"] = rng.randn(3).astype(floatX) * 0.3
+    params["c_b"] = rng.randn(3).astype(floatX)
     x = T.tensor4("x")
     x0 = rng.randn(2, 2, 6, 6).astype(floatX)
-    got = theano.function([x], conv(x, params))(x0)
+    got = theano.function([x], conv(x, symbolic(params)))(x0)
 
-    w = params["c_w"].get_value().astype(np.float64)
+    w = params["c_w"].astype(np.float64)
     kernel = w / np.sqrt((w ** 2).sum(axis=(1, 2, 3), keepdims=True))
-    kernel *= np.exp(3 * params["c_s"].get_value())[:, None, None, None]
+    kernel *= np.exp(3 * params["c_s"])[:, None, None, None]
     padded = np.zeros((2, 3, 8, 8))
     padded[:, :2, 1:-1, 1:-1] = x0
     padded[:, 2] = 1
@@ -111,7 +117,7 @@ def test_conv_matches_explicit_pad_channel_reference():
     for oy, ox in itertools.product(range(3), range(3)):
         patch = padded[:, :, 2 * oy:2 * oy + 3, 2 * ox:2 * ox + 3]
         expected[:, :, oy, ox] = np.einsum("nchw,ochw->no", patch, flipped)
-    expected += params["c_b"].get_value()[None, :, None, None]
+    expected += params["c_b"][None, :, None, None]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
@@ -160,8 +166,8 @@ def test_flipped_mask_still_zeroes_the_first_groups_centre_tap_as_the_original()
     params = {}
     conv = MaskedConv2d(params, np.random.RandomState(5), "f", 3, 3, (3, 3), zerodiagonal=True,
                         flipmask=True)
-    params["f_w"].set_value(np.ones_like(params["f_w"].get_value()))
-    kernel = theano.function([], conv.kernel(params))()
+    params["f_w"] = np.ones_like(params["f_w"])
+    kernel = theano.function([], conv.kernel(symbolic(params)))()
     assert conv.mask[:1, :, 1, 1].sum() > 0  # the flipped mask alone would keep these
     assert np.all(kernel[:1, :, 1, 1] == 0)
     assert np.any(kernel[1:, :, 1, 1] != 0)

@@ -11,6 +11,7 @@ from data.toy import toy_images
 from layers import Conv2d, MaskedConv2d
 from layers.backend import T, floatX, theano
 from models import POSTERIORS, ConfigError, ModelConfig, ResNetVAE, load_ndict, save_ndict
+from models.optim import COST
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 TINY = dict(shape_x=(3, 8, 8), depths=[1, 1], n_h1=8, n_h2=8, n_z=4, depth_ar=1,
@@ -54,7 +55,7 @@ def test_parameter_names_and_shapes_match_the_reference(path):
     header, *lines = path.read_text().splitlines()
     expected = dict(line.split(" ", 1) for line in lines if line.strip())
     model = ResNetVAE(ModelConfig(**reference_config(header)))
-    got = {name: str(var.get_value().shape) for name, var in model.params.items()}
+    got = {name: str(shape) for name, shape in model.params.shapes.items()}
     assert got == expected
 
 
@@ -98,18 +99,21 @@ def fresh(model):
 
 
 def cost_and_gradients(model):
-    """A compiled f(x, *eps) -> [summed cost] + the gradient of every parameter (by name)."""
+    """A compiled f(x, *eps) -> the flat vector [gradient of the summed cost, cost, 0]."""
     x, eps = T.tensor4("x", dtype="uint8"), symbolic_noise(model)
     cost = model._graph(x, eps, model.params)["cost"].sum()
-    names = model.optimiser.names
-    grads = T.grad(cost, [model.params[n] for n in names], disconnected_inputs="ignore")
-    return names, theano.function([x] + eps, [cost] + grads)
+    return theano.function([x] + eps, model.optimiser.gradient(cost))
 
 
 @pytest.fixture(scope="module")
 def grad_fn(model):
-    names, f = cost_and_gradients(model)
-    return names, lambda x: f(x, *zero_noise(model, len(x)))
+    """f(x) -> (summed cost, {name: gradient}) at zero noise."""
+    f = cost_and_gradients(model)
+
+    def cost_and_named_gradients(x):
+        flat = f(x, *zero_noise(model, len(x)))
+        return flat[COST], model.params.split(flat)
+    return cost_and_named_gradients
 
 
 def _ops(function):
@@ -117,18 +121,22 @@ def _ops(function):
 
 
 def test_custom_ops_match_plain_theano_in_cost_and_all_gradients(fresh, monkeypatch):
-    names, fast = cost_and_gradients(fresh)
+    fast = cost_and_gradients(fresh)
     monkeypatch.setattr(Conv2d, "custom_ops", False)  # the plain version, same weights
-    _, plain = cost_and_gradients(fresh)
+    plain = cost_and_gradients(fresh)
     for op in ("GemmConv", "WeightNorm"):
         assert op in _ops(fast) and op not in _ops(plain)
     noise = [np.random.RandomState(k).randn(*e.shape).astype(floatX)
              for k, e in enumerate(zero_noise(fresh))]
-    for name, got, want in zip(["cost"] + names, fast(batch(), *noise), plain(batch(), *noise)):
+    got_flat, want_flat = fast(batch(), *noise), plain(batch(), *noise)
+    assert got_flat[COST] == pytest.approx(want_flat[COST], rel=1e-5)
+    for name, got, want in zip(fresh.params, fresh.params.split(got_flat).values(),
+                               fresh.params.split(want_flat).values()):
         # Float32 sums in another order differ by ~1e-6 of the gradient's norm; a wrong
         # tap, mask or scale moves it by far more. Tiny elements are judged by the norm.
         error = np.linalg.norm(np.asarray(got, np.float64) - want)
         assert error <= 2e-5 * np.linalg.norm(want), (name, error, np.linalg.norm(want))
+    assert np.linalg.norm(want_flat[:COST]) > 0
 
 
 def test_data_init_gives_the_stated_statistics(fresh, monkeypatch):
@@ -150,62 +158,59 @@ def test_data_init_gives_the_stated_statistics(fresh, monkeypatch):
 
 
 def test_gradients_match_finite_differences(fresh, grad_fn):
-    names, f = grad_fn
     x = batch()
     rng = np.random.RandomState(0)
-    start = {n: fresh.params[n].get_value() for n in names}
-    _, *grads = f(x)
+    start = fresh.get_weights(False)
+    _, grads = grad_fn(x)
     for trial in range(3):
         # Perturb each parameter in proportion to its own scale; float32 needs a step
         # big enough to rise above rounding and small enough to stay linear.
-        direction = {n: np.asarray(rng.randn(*start[n].shape) * (np.abs(start[n]).mean() + 1e-2),
-                                   floatX) for n in names}
-        analytic = sum(float((g * direction[n]).sum()) for n, g in zip(names, grads))
+        direction = {n: np.asarray(rng.randn(*w.shape) * (np.abs(w).mean() + 1e-2), floatX)
+                     for n, w in start.items()}
+        analytic = sum(float((g * direction[n]).sum()) for n, g in grads.items())
         step = 0.02
         costs = []
         for sign in (1, -1):
-            for n in names:
-                fresh.params[n].set_value(np.asarray(start[n] + sign * step * direction[n], floatX))
-            costs.append(float(f(x)[0]))
+            fresh.params.set_values({n: w + sign * step * direction[n] for n, w in start.items()})
+            costs.append(float(grad_fn(x)[0]))
         numeric = (costs[0] - costs[1]) / (2 * step)
         assert numeric == pytest.approx(analytic, rel=0.02), trial
-    for n in names:
-        fresh.params[n].set_value(start[n])
+    fresh.params.set_values(start)
 
 
 def test_adamax_step_polyak_average_and_remasking(fresh, grad_fn):
-    names, f = grad_fn
     x = batch()
     w0 = fresh.get_weights(False)
-    _, *grads = f(x)
+    _, grads = grad_fn(x)
     assert fresh.train_step(x, zero_noise(fresh))[1]
     w1, avg1 = fresh.get_weights(False), fresh.get_weights(True)
     masks = {c.w_name: c.mask for c in fresh.masked_convs}
-    for n, g in zip(names, grads):
+    for n, g in grads.items():
         # First step: m = 0.1 g, u = max(0.999e-8, |g| + 1e-8) (docs/model.md §10).
         expected = w0[n] - 0.002 * (0.1 * g) / np.maximum(0.999e-8, np.abs(g) + 1e-8)
         expected = expected * masks.get(n, 1)
         np.testing.assert_allclose(w1[n], expected, rtol=1e-4, atol=1e-7, err_msg=n)
         np.testing.assert_allclose(avg1[n], w0[n], rtol=1e-6, atol=1e-8, err_msg=n)
     fresh.train_step(x, zero_noise(fresh))
-    avg2 = fresh.get_weights(True)
-    for n in names:
+    avg2, w2 = fresh.get_weights(True), fresh.get_weights(False)
+    for n in grads:
         np.testing.assert_allclose(avg2[n], 0.001 * w1[n] + 0.999 * avg1[n], rtol=1e-5,
                                    atol=1e-8, err_msg=n)
     for n, mask in masks.items():
-        assert np.all(fresh.params[n].get_value()[mask == 0] == 0), n
+        assert np.all(w2[n][mask == 0] == 0), n
 
 
 def test_non_finite_cost_leaves_every_variable_unchanged(fresh):
-    before = fresh.get_weights(False), fresh.get_weights(True), fresh.optimiser.state()
-    fresh.params["logsd_x"].set_value(np.float32(np.nan))
+    before = fresh.get_weights(True), fresh.optimiser.state()
+    fresh.params.set_values({"logsd_x": np.nan})
     cost, applied = fresh.train_step(batch(), zero_noise(fresh))
     assert np.isnan(cost).all() and not applied
-    assert np.isnan(fresh.params["logsd_x"].get_value())
+    assert np.isnan(fresh.get_weights(False)["logsd_x"])
     after_avg, after_state = fresh.get_weights(True), fresh.optimiser.state()
-    for name, value in before[1].items():
+    for name, value in before[0].items():
         np.testing.assert_array_equal(after_avg[name], value)
-        np.testing.assert_array_equal(after_state["m"][name], before[2]["m"][name])
+    for name, value in before[1].items():
+        np.testing.assert_array_equal(after_state[name], value)
 
 
 def test_training_cost_falls_on_a_fixed_batch(fresh):
@@ -235,8 +240,7 @@ def test_save_load_round_trip_reproduces_evaluation(fresh, tmp_path):
     save_ndict(fresh.get_weights(), path)
     loaded = load_ndict(path)
     assert sorted(loaded) == list(loaded) == sorted(fresh.params)
-    for var in fresh.avg_params.values():
-        var.set_value(np.zeros_like(var.get_value()))
+    fresh.avg_params.set_buffer(np.zeros(fresh.avg_params.size))
     fresh.set_weights(loaded)
     after = fresh.evaluate(x, zero_noise(fresh))
     for key in before:
@@ -293,8 +297,7 @@ def test_made_prior_sample_is_the_exact_autoregressive_fixed_point():
     model = tiny_model(prior="made", depth_ar=2)
     layer = model.layers[0, 0]
     rng = np.random.RandomState(4)
-    for var in model.params.values():
-        var.set_value(np.asarray(rng.randn(*var.get_value().shape) * 0.5, floatX))
+    model.params.set_buffer(rng.randn(model.params.size) * 0.5)
     h, eps, z = T.tensor4("h"), T.tensor4("eps"), T.tensor4("z")
     parts = layer.down_parts.split(h)
     sample = theano.function([h, eps], layer._sample_made(parts, eps, model.params))

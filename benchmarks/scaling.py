@@ -1,0 +1,126 @@
+"""One run over K processes: measured on this machine, projected to K machines.
+
+    python benchmarks/scaling.py                 # Table 3; writes benchmarks/scaling.{md,json}
+    python benchmarks/scaling.py readme_example --steps 5
+
+Measured, with the training loop's own step (train.Run.step: each rank's gradient, one
+all-reduce of the flat gradient, the same update on every rank), batch 16 per process:
+(a) images/s of 2 ranks x 1 thread (mpiexec) against 1 process x 2 threads on this
+machine; (b) the time of the all-reduce of the model's whole gradient between 2 ranks.
+Projected: hours per CIFAR-10 epoch, days for 1000 epochs and the scaling efficiency on
+K machines, each running one process as fast as (a)'s single process, with the
+all-reduce of a ring, 2 (K-1)/K x gradient bytes over the network's bandwidth.
+Needs the [mpi] extra (mpiexec).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+MACHINES = (1, 2, 4, 8, 16, 32, 64)
+GBIT_PER_S = (10, 25)
+EPOCH_IMAGES = 50000
+
+
+def measure(name, n_steps, n_batch):
+    """In each process: the mean time of a training step and of the all-reduce alone."""
+    import numpy as np
+
+    import train
+
+    cfg = train.resolved_config(name, problem="toy", n_batch=n_batch)
+    run = train.Run(cfg, folder=None, sacred_run=None)
+    train.initialise(run.model, run.train_x[:n_batch], cfg)
+    processes, order = train.processes, np.arange(len(run.train_x))
+    global_batch = n_batch * processes.size
+
+    def step(k):
+        return run.step(order, np.arange(k * global_batch, (k + 1) * global_batch) % len(order))
+    step(0)  # compiles, or loads the cached functions
+    t0 = time.time()
+    for k in range(1, n_steps + 1):
+        step(k)
+    step_s = (time.time() - t0) / n_steps
+    flat = np.zeros(run.model.optimiser.gradient_size, np.float32)
+    t0 = time.time()
+    for _ in range(n_steps):
+        processes.sum_(flat)
+    return {"config": name, "processes": processes.size, "n_batch": n_batch,
+            "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())),
+            "step_s": step_s, "images_per_s": global_batch / step_s,
+            "allreduce_s": (time.time() - t0) / n_steps, "gradient_bytes": flat.nbytes}
+
+
+def child(command, threads):
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    if proc.returncode:
+        raise SystemExit(proc.stdout[-2000:] + proc.stderr[-3000:])
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def projection(step_s, n_batch, gradient_bytes):
+    """Rows of (machines, Gbit/s, s/step, h/epoch, days per 1000 epochs, efficiency)."""
+    rows = []
+    for gbit in GBIT_PER_S:
+        for k in MACHINES:
+            allreduce = 2 * (k - 1) / k * gradient_bytes / (gbit * 1e9 / 8)
+            seconds = step_s + allreduce
+            hours = EPOCH_IMAGES / (k * n_batch) * seconds / 3600
+            rows.append((k, gbit, seconds, hours, 1000 * hours / 24, step_s / seconds))
+    return rows
+
+
+def report(single, ranks):
+    lines = [f"Measured on this machine ({os.cpu_count()} cores), {single['config']}, "
+             f"batch {single['n_batch']} per process:", "",
+             "| processes x threads | s/step | images/s | all-reduce of the gradient (s) |",
+             "|---|---|---|---|"]
+    for r in (single, ranks):
+        allreduce = f"{r['allreduce_s']:.3f}" if r["processes"] > 1 else "-"
+        lines.append(f"| {r['processes']} x {r['threads']} | {r['step_s']:.3f} | "
+                     f"{r['images_per_s']:.2f} | {allreduce} |")
+    lines += ["", f"Projected on K machines like this one ({single['step_s']:.2f} s/step each, "
+              f"gradient {single['gradient_bytes'] / 1e6:.0f} MB, ring all-reduce):", "",
+              "| machines | network | s/step | h/epoch | days for 1000 epochs | efficiency |",
+              "|---|---|---|---|---|---|"]
+    for k, gbit, seconds, hours, days, efficiency in projection(
+            single["step_s"], single["n_batch"], single["gradient_bytes"]):
+        lines.append(f"| {k} | {gbit} Gbit/s | {seconds:.2f} | {hours:.2f} | {days:.1f} | "
+                     f"{100 * efficiency:.0f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config", nargs="?", default="table3")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        result = measure(args.config, args.steps, args.batch)
+        import train
+        if train.processes.is_main:
+            print(json.dumps(result))
+        return
+    program = [sys.executable, __file__, args.config, "--steps", str(args.steps), "--batch",
+               str(args.batch), "--child"]
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or "mpiexec"
+    single = child(program, threads=2)
+    ranks = child([mpiexec, "-n", "2"] + program, threads=1)
+    text = report(single, ranks)
+    out = ROOT / "benchmarks"
+    (out / "scaling.json").write_text(json.dumps([single, ranks], indent=1) + "\n")
+    (out / "scaling.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

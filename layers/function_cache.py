@@ -1,0 +1,165 @@
+"""Compiled Theano functions kept on disk, so that a new process starts in seconds.
+
+Theano caches the C code it compiles, but re-optimises every graph in every process: about
+two minutes for the Table 3 training step, at each run, resume, ``evaluate`` and MPI rank.
+A compiled function pickles. This module stores it under a key covering everything that
+could change it (this project's source, Theano's version and configuration, numpy and
+Python, the model's options and which function it is) in the user's own cache folder,
+next to Theano's compiled C code, and loads it instead of compiling.
+
+Unpickling runs code named in the file, so an entry is loaded only if nobody but this user
+can have written it: its folder and the file must belong to the user and be writable by
+no one else, and the file's content must match the SHA-256 digest it starts with. A
+foreign, damaged or unreadable entry is compiled afresh, with one line saying why; it
+never stops a run. ``IAF_FUNCTION_CACHE=0`` turns the cache off. Beyond 4 GB, the least
+recently used entries are removed.
+"""
+import contextlib
+import hashlib
+import io
+import json
+import os
+import pickle
+import re
+import stat
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+from data.files import atomic_write
+
+from .backend import theano
+
+ENABLED = os.environ.get("IAF_FUNCTION_CACHE", "1") != "0"
+MAX_BYTES = 4 * 2**30  # beyond this, the least recently used entries are removed
+
+
+def _source_digest(folders):
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(Path(folder).glob("*.py")) + sorted(Path(folder).glob("*.c")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def _theano_config():
+    """Every Theano setting as text (without the addresses of its value checkers)."""
+    return re.sub(r" at 0x[0-9a-f]+", "", str(theano.config))
+
+
+def _untrusted(path):
+    """Why ``path`` could have been written by someone else, or None."""
+    info = os.stat(path)
+    if info.st_uid != os.getuid():
+        return f"{path} belongs to another user"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by other users"
+    return None
+
+
+class FunctionCache:
+    """Compiled functions of one model, looked up by name.
+
+    ``key`` is JSON-able data that selects the model (its options); ``source_folders`` hold
+    the code that builds its graphs; ``shared`` are the model's shared variables by name:
+    a file refers to them by name (it holds none of their values), and a loaded function
+    uses the model's own.
+    """
+
+    def __init__(self, key, source_folders, shared, log=print):
+        self.shared, self.log = shared, log
+        self.folder = os.path.join(theano.config.base_compiledir, "functions")
+        self.key = {"model": key, "source": _source_digest(source_folders),
+                    "theano": theano.__version__, "numpy": np.__version__,
+                    "python": sys.version, "config": _theano_config(),
+                    "flags": os.environ.get("THEANO_FLAGS", "")}
+
+    def _path(self, name):
+        text = json.dumps({**self.key, "function": name}, sort_keys=True, default=str)
+        return os.path.join(self.folder, hashlib.sha256(text.encode()).hexdigest() + ".pkl")
+
+    def get(self, name, build):
+        """``build()`` -> ``(function, extra)``, or the same loaded from the cache (``extra``
+        is picklable data the caller needs with the function, e.g. output names)."""
+        if not ENABLED:
+            return build()
+        path = self._path(name)
+        if os.path.exists(path):
+            try:
+                return self._load(path)
+            except Exception as err:  # any failure means: compile instead
+                self.log(f"Compiling the {name} function: its cached copy {path} cannot be "
+                         f"used ({err})")
+        function, extra = build()
+        try:
+            self._save(path, function, extra)
+        except OSError as err:
+            self.log(f"warning: could not cache the {name} function in {self.folder} ({err})")
+        return function, extra
+
+    def _load(self, path):
+        for place in (self.folder, path):
+            problem = _untrusted(place)
+            if problem:
+                raise PermissionError(problem)
+        with open(path, "rb") as f:
+            digest, payload = f.readline().strip(), f.read()
+        if hashlib.sha256(payload).hexdigest().encode() != digest:
+            raise ValueError("its content does not match its digest")
+        os.utime(path)  # recently used: the last to be evicted
+        return _Unpickler(io.BytesIO(payload), self.shared).load()
+
+    def _save(self, path, function, extra):
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _Pickler(buffer, self.shared).dump((function, extra))
+        payload = buffer.getvalue()
+        os.makedirs(self.folder, mode=0o700, exist_ok=True)
+        digest = hashlib.sha256(payload).hexdigest().encode()
+        atomic_write(path, lambda f: f.write(digest + b"\n" + payload), mode=0o600)
+        self._evict()
+
+    def _evict(self):
+        """Remove the least recently used entries while the cache exceeds `MAX_BYTES`."""
+        entries = sorted((e.stat().st_mtime, e.stat().st_size, e.path)
+                         for e in os.scandir(self.folder) if e.name.endswith(".pkl"))
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in entries[:-1]:
+            if total <= MAX_BYTES:
+                break
+            with contextlib.suppress(FileNotFoundError):  # another process was first
+                os.unlink(path)
+            total -= size
+
+
+class _Pickler(pickle.Pickler):
+    """Pickles a function with references to the model's shared variables, their
+    containers and values in place of the objects (so without the parameters)."""
+
+    def __init__(self, file, shared):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.references = {}
+        for name, var in shared.items():
+            for kind, obj in _parts(var).items():
+                self.references[id(obj)] = (kind, name)
+
+    def persistent_id(self, obj):
+        return self.references.get(id(obj))
+
+
+class _Unpickler(pickle.Unpickler):
+    """Loads what `_Pickler` wrote, attached to this model's shared variables."""
+
+    def __init__(self, file, shared):
+        super().__init__(file)
+        self.shared = shared
+
+    def persistent_load(self, reference):
+        kind, name = reference
+        return _parts(self.shared[name])[kind]
+
+
+def _parts(var):
+    return {"variable": var, "container": var.container, "value": var.get_value(borrow=True)}

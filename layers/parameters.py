@@ -1,0 +1,79 @@
+"""Named parameters stored in one flat float32 buffer.
+
+Layers register each parameter's initial value by name while they are built (a plain
+``name -> array`` dict). `FlatParameters` then keeps all of them in one Theano shared
+vector; in a graph each parameter is a reshaped slice of it (a view, no copy). So the
+optimiser updates and averages every parameter in one pass over one buffer, the gradient
+is one vector, and processes add their gradients in one call (docs/model.md §10, §11).
+"""
+from collections import OrderedDict
+
+import numpy as np
+
+from .backend import floatX, theano
+
+
+class FlatParameters:
+    """``params[name]`` is the symbolic parameter; `values` / `set_values` read and write
+    the numbers; `buffer` is the flat array itself (``name`` names the shared vector)."""
+
+    def __init__(self, initial, name):
+        self.shapes = OrderedDict((k, np.shape(v)) for k, v in initial.items())
+        sizes = [int(np.prod(s)) for s in self.shapes.values()]
+        self.offsets = OrderedDict(zip(self.shapes, np.cumsum([0] + sizes[:-1]).tolist()))
+        self.size = sum(sizes)
+        flat = np.concatenate([np.ravel(v) for v in initial.values()]).astype(floatX)
+        self.shared = theano.shared(flat, name=name)
+        self._views = OrderedDict((k, self._view(k)) for k in self.shapes)
+
+    def _slice(self, name):
+        start = self.offsets[name]
+        return slice(start, start + int(np.prod(self.shapes[name])))
+
+    def _view(self, name):
+        return self.shared[self._slice(name)].reshape(self.shapes[name])
+
+    def __getitem__(self, name):
+        return self._views[name]
+
+    def __contains__(self, name):
+        return name in self.shapes
+
+    def __iter__(self):
+        return iter(self.shapes)
+
+    def __len__(self):
+        return len(self.shapes)
+
+    def keys(self):
+        return self.shapes.keys()
+
+    def items(self):
+        return self._views.items()
+
+    @property
+    def buffer(self):
+        """The flat float32 array the graphs read (not a copy: writes to it are seen)."""
+        return self.shared.get_value(borrow=True)
+
+    def split(self, flat):
+        """A flat vector in buffer order (e.g. a gradient) as ``name -> array`` views."""
+        return OrderedDict((k, flat[self._slice(k)].reshape(s)) for k, s in self.shapes.items())
+
+    def values(self):
+        """Every parameter as a ``name -> array`` dict of copies."""
+        return OrderedDict((k, v.copy()) for k, v in self.split(self.buffer).items())
+
+    def set_values(self, values):
+        """Write the entries of a ``name -> array`` dict (names not held are ignored)."""
+        buffer = self.buffer
+        for name, value in values.items():
+            if name in self.shapes:
+                buffer[self._slice(name)] = np.ravel(value)
+        self.shared.set_value(buffer, borrow=True)
+
+    def set_buffer(self, flat):
+        if np.shape(flat) != (self.size,):
+            raise ValueError(f"a parameter buffer of shape {np.shape(flat)} cannot replace "
+                             f"one of {self.size} values")
+        self.shared.set_value(np.array(flat, dtype=floatX), borrow=True)

@@ -1,0 +1,101 @@
+"""Compiled functions cached on disk: a loaded function computes what a compiled one does,
+with the loading model's own parameters; entries that may be foreign or damaged are
+compiled afresh with one line saying why; IAF_FUNCTION_CACHE=0 writes nothing."""
+import os
+
+import numpy as np
+import pytest
+
+from layers import function_cache
+from models import ModelConfig, ResNetVAE, resnet_vae
+
+TINY = ModelConfig(shape_x=(3, 8, 8), depths=[1, 1], n_h1=8, n_h2=8, n_z=4,
+                   posterior="down_iaf2_nl")
+
+
+@pytest.fixture
+def cache_folder(tmp_path, monkeypatch):
+    """Models built in the test cache their functions in a fresh folder."""
+    folder = tmp_path / "functions"
+    original = function_cache.FunctionCache.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.folder = str(folder)
+    monkeypatch.setattr(function_cache.FunctionCache, "__init__", init)
+    return folder
+
+
+def model_and_log(seed):
+    messages = []
+    model = ResNetVAE(TINY, seed=seed)
+    model._cache.log = messages.append
+    return model, messages
+
+
+def evaluation(model):
+    rng = np.random.RandomState(0)
+    x = rng.randint(0, 256, (3, 3, 8, 8)).astype(np.uint8)
+    eps = [rng.randn(3, *shape).astype(np.float32) for shape in model.latent_shapes()]
+    return model.evaluate(x, eps)["cost"]
+
+
+def test_a_loaded_function_computes_with_the_loading_models_parameters(cache_folder,
+                                                                         monkeypatch):
+    first, _ = model_and_log(seed=1)
+    compiled = evaluation(first)
+    (entry,) = cache_folder.iterdir()
+    assert oct(entry.stat().st_mode & 0o777) == "0o600"
+    assert first.avg_params.buffer[100:120].tobytes() not in entry.read_bytes()  # no weights
+    second, messages = model_and_log(seed=2)  # other initial weights
+    monkeypatch.setattr(resnet_vae.theano, "function", lambda *a, **k: pytest.fail("compiled"))
+    loaded = evaluation(second)
+    monkeypatch.undo()
+    assert messages == []
+    assert not np.allclose(loaded, compiled)  # its own weights, not the first model's
+    second.set_weights(first.get_weights())
+    np.testing.assert_array_equal(evaluation(second), compiled)
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (lambda p: p.write_bytes(p.read_bytes()[:-100]), "does not match its digest"),
+    (lambda p: p.write_bytes(b"not a pickle"), "does not match its digest"),
+    (lambda p: p.chmod(0o666), "is writable by other users"),
+    (lambda p: os.chown(p, 65534, -1), "belongs to another user"),
+])
+def test_a_damaged_or_foreign_entry_is_compiled_afresh_saying_why(cache_folder, damage, reason):
+    if reason == "belongs to another user" and os.getuid() != 0:
+        pytest.skip("giving a file to another user needs root")
+    first, _ = model_and_log(seed=1)
+    expected = evaluation(first)
+    (entry,) = cache_folder.iterdir()
+    damage(entry)
+    second, messages = model_and_log(seed=1)
+    np.testing.assert_array_equal(evaluation(second), expected)
+    assert len(messages) == 1 and reason in messages[0] and "Compiling the eval" in messages[0]
+
+
+def test_a_foreign_folder_is_not_trusted(cache_folder):
+    first, _ = model_and_log(seed=1)
+    evaluation(first)
+    cache_folder.chmod(0o777)
+    second, messages = model_and_log(seed=1)
+    evaluation(second)
+    assert len(messages) == 1 and "is writable by other users" in messages[0]
+
+
+def test_the_cache_can_be_turned_off(cache_folder, monkeypatch):
+    monkeypatch.setattr(function_cache, "ENABLED", False)
+    model, _ = model_and_log(seed=1)
+    evaluation(model)
+    assert not cache_folder.exists()
+
+
+def test_the_key_covers_the_source_and_the_model(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    before = function_cache._source_digest([tmp_path])
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert function_cache._source_digest([tmp_path]) != before
+    paths = {ResNetVAE(ModelConfig(**{**TINY.as_dict(), **change}))._cache._path("eval")
+             for change in ({}, {"n_z": 8}, {"kl_min": 0.5})}
+    assert len(paths) == 3
