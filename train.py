@@ -73,6 +73,9 @@ def config():
     resume = None  # a run folder: continue that run exactly where its checkpoint left it
     checkpoint_minutes = 5.0  # also checkpoint this often within an epoch (wall time)
     skip_nonfinite = False  # True: skip (and count) steps with a NaN/inf cost or gradient
+    n_samples = 100  # sample: how many images
+    temperature = 1.0  # sample, reconstruct: scale of the prior's noise (docs/model.md §6)
+    n_images = 10  # reconstruct: how many test images
 
 
 try:  # this process and, under mpiexec, the others of the run (models/parallel.py)
@@ -143,10 +146,36 @@ def build_model(cfg):
     return ResNetVAE(ModelConfig(**cfg["margs"]), seed=cfg["seed"])
 
 
-def initialise(model, init_x, cfg):
-    """Data-dependent init, or weights from ``load_model_path`` (or both if incomplete),
-    on rank 0, which then sends the parameters to the other ranks."""
+# The config entries that define the model; a run saves its config (config.json).
+MODEL_KEYS = ("model_type", "shape_x", "px", "pad_x", "n_h", "n_z", "n_h1", "n_h2", "depths",
+              "margs")
+
+
+def with_saved_model_options(config, sacred_run):
+    """The config (as plain data), with the model options of the run in
+    ``load_model_path`` if that is a run folder of this project: options given on the
+    command line that contradict them are refused."""
+    cfg = json.loads(json.dumps(config))
+    path = cfg["load_model_path"] and os.path.join(cfg["load_model_path"], "config.json")
+    if not path or not os.path.exists(path):
+        return cfg
+    with open(path) as f:
+        saved = json.load(f)
+    modified = sacred_run.config_modifications.modified
+    differences = config_differences(saved, cfg, {k for k in modified
+                                                  if k.split(".")[0] in MODEL_KEYS})
+    if differences:
+        raise Error(f"the model options contradict those saved with the run in "
+                    f"{cfg['load_model_path']}: {'; '.join(differences)}")
+    return {**cfg, **{k: saved[k] for k in MODEL_KEYS}}
+
+
+def initialise(model, cfg, init_x=None):
+    """Data-dependent init on ``init_x``, or weights from ``load_model_path`` (or both if
+    incomplete), on rank 0, which then sends the parameters to the other ranks."""
     path, complete = cfg["load_model_path"], cfg["load_model_complete"]
+    if (path is None or not complete) and init_x is None:
+        raise Error("this command needs load_model_path=DIR and load_model_complete=True")
     if processes.is_main and (path is None or not complete):
         eps = model.noise("init", 0, range(len(init_x)))
         for name in model.data_init(init_x, eps):
@@ -488,6 +517,8 @@ def open_run_folder(cfg):
         if not cfg["resume"]:
             with open(os.path.join(folder, "command.sh"), "w") as f:
                 f.write(" ".join(shlex.quote(a) for a in ["python"] + sys.argv) + "\n")
+            with open(os.path.join(folder, "config.json"), "w") as f:
+                json.dump(cfg, f, indent=1)
             print(f"Run folder: {folder}")
     return processes.broadcast(folder)
 
@@ -496,7 +527,7 @@ def open_run_folder(cfg):
 def train(_config, _run):
     """Train, reporting test bits/dim, weights and samples into a run folder."""
     with user_errors():
-        cfg = json.loads(json.dumps(_config))
+        cfg = with_saved_model_options(_config, _run)
         folder = open_run_folder(cfg)
         run = resume_run(folder, cfg, _run) if cfg["resume"] else Run(cfg, folder, _run)
         if processes.size > 1:
@@ -504,7 +535,7 @@ def train(_config, _run):
                   f"{processes.size * cfg['n_batch']} ({cfg['n_batch']} per process)")
         with stop_on_signals(run):
             if not cfg["resume"]:
-                initialise(run.model, run.train_x[:cfg["n_batch"]], cfg)
+                initialise(run.model, cfg, run.train_x[:cfg["n_batch"]])
                 if cfg["est_marglik"] > 0:
                     data = run.test_x if cfg["est_marglik_data"] == "valid" else run.train_x
                     return estimate_marglik(run.model, data, cfg["n_batch"], cfg["est_marglik"])
@@ -513,27 +544,112 @@ def train(_config, _run):
         return run.state.best
 
 
+def trained_model(config, sacred_run):
+    """The config and the model with the weights of ``load_model_path``, for a command."""
+    cfg = with_saved_model_options(config, sacred_run)
+    if cfg["load_model_path"] is None:
+        raise Error("this command needs load_model_path=DIR, a folder with "
+                    "weights.ndict.tar.gz (a run folder of this project, or the original's)")
+    return cfg, build_model(cfg)
+
+
+def latent_layers(model, x, n_batch, elbo):
+    """Per latent layer on images ``x`` (docs/model.md §8): KL in nats per image, its bits
+    per dim and share of the -ELBO, the feature maps whose KL is below the free-bits floor,
+    and the active units: those whose posterior mean (of q's Gaussian) varies over the
+    images with variance above 0.01 (Burda et al. 2015)."""
+    shapes = model.latent_shapes()
+    sizes = [2 * int(np.prod(s)) + s[0] for s in shapes]  # mean, mean^2, KL per map
+    totals = np.zeros(sum(sizes))
+    batches = minibatches(len(x), n_batch)
+    for b in processes.share(range(len(batches))):
+        start, stop = batches[b]
+        layers = model.latents(x[start:stop], model.noise("eval", b, range(stop - start)))
+        totals += np.concatenate([part.sum(axis=0) for mean, kl in layers for part in
+                                  (mean.astype(np.float64), mean.astype(np.float64) ** 2, kl)])
+    processes.sum_(totals)
+    report, bits = {}, 1 / (np.prod(model.shape_x) * math.log(2))
+    for (i, j), (n_z, height, width), part in zip(model.layers, shapes,
+                                                   np.split(totals / len(x), np.cumsum(sizes))):
+        units = n_z * height * width
+        mean, square, kl_maps = np.split(part, [units, 2 * units])
+        kl = float(kl_maps.sum())
+        report[f"{i:03d}_{j:03d}"] = {
+            "kl_nats": kl, "bits_per_dim": kl * bits, "share_of_elbo": kl * bits / elbo,
+            "floored_maps": int((kl_maps < model.config.kl_min).sum()), "maps": n_z,
+            "active_units": int((square - mean ** 2 > 0.01).sum()), "units": units}
+    return report
+
+
+def print_layers(report):
+    print("layer    KL (nats/image)  bits/dim  share of -ELBO  below free-bits floor  "
+          "active units")
+    for name, r in report.items():
+        print(f"{name}  {r['kl_nats']:15.3f}  {r['bits_per_dim']:8.4f}  "
+              f"{100 * r['share_of_elbo']:13.1f}%  {r['floored_maps']:>9d}/{r['maps']:<3d} maps"
+              f"       {r['active_units']:>6d}/{r['units']}")
+
+
 @ex.command
-def evaluate(_config):
-    """Test bits/dim of saved weights; the last line is JSON for scripts."""
+def evaluate(_config, _run):
+    """Test bits/dim of saved weights, and what each latent layer carries; the last line
+    is JSON for scripts."""
     with user_errors():
-        cfg = json.loads(json.dumps(_config))
-        if cfg["load_model_path"] is None:
-            raise Error("evaluate needs load_model_path=DIR, a folder with weights.ndict.tar.gz")
+        cfg, model = trained_model(_config, _run)
         train_x, test_x = get_data(cfg)
         data = test_x if cfg["est_marglik_data"] == "valid" else train_x
-        model = build_model(cfg)
-        initialise(model, train_x[:cfg["n_batch"]], cfg)
+        initialise(model, cfg, train_x[:cfg["n_batch"]])
         results = evaluate_set(model, data, cfg["n_batch"])
         summary = {"cost": results["cost"], "elbo": results["elbo"], "n_images": len(data)}
         print(f"cost (the original's bits/dim, free bits applied): {results['cost']:.5f}")
         print(f"-ELBO (bits/dim): {results['elbo']:.5f}")
+        summary["layers"] = latent_layers(model, data, cfg["n_batch"], results["elbo"])
+        print_layers(summary["layers"])
         if cfg["est_marglik"] > 0:
             summary["marglik"] = estimate_marglik(model, data, cfg["n_batch"],
                                                   cfg["est_marglik"])
             summary["est_marglik"] = cfg["est_marglik"]
         print(json.dumps(summary))
         return summary
+
+
+def save_images(folder, name, images, n_cols):
+    """``name``.png (a grid) and ``name``.npy (the uint8 images) in ``folder``, by rank 0."""
+    if processes.is_main:
+        save_image_grid(os.path.join(folder, name + ".png"), images, n_cols)
+        atomic_write(os.path.join(folder, name + ".npy"), lambda f: np.save(f, images))
+        print(f"Wrote {name}.png and {name}.npy to {folder}")
+
+
+@ex.command
+def sample(_config, _run):
+    """``n_samples`` images from the prior at ``temperature``, into a new run folder."""
+    with user_errors():
+        cfg, model = trained_model(_config, _run)
+        initialise(model, cfg)
+        folder = open_run_folder(cfg)
+        noise = model.noise("sample", 0, range(cfg["n_samples"]))
+        images = model.decode([cfg["temperature"] * e for e in noise])
+        save_images(folder, "samples", images, n_cols=10)
+
+
+@ex.command
+def reconstruct(_config, _run):
+    """``n_images`` test images (first row), then one row per latent layer: row k decodes
+    the image with z of the top k layers from its posterior and the layers below from
+    the prior at ``temperature``; into a new run folder."""
+    with user_errors():
+        cfg, model = trained_model(_config, _run)
+        x = get_data(cfg)[1][:cfg["n_images"]]
+        initialise(model, cfg)
+        folder = open_run_folder(cfg)
+        n_layers, images = len(model.layers), range(len(x))
+        eps = model.noise("eval", 0, images)
+        prior_eps = [cfg["temperature"] * e for e in model.noise("sample", 0, images)]
+        rows = [x] + [model.reconstruct(x, eps, prior_eps,
+                                        [k >= n_layers - top for k in range(n_layers)])
+                      for top in range(1, n_layers + 1)]
+        save_images(folder, "reconstruct", np.concatenate(rows), n_cols=len(x))
 
 
 @ex.command(unobserved=True)

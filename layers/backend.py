@@ -93,7 +93,7 @@ configure()
 import theano  # noqa: E402
 import theano.tensor as T  # noqa: E402,F401  (re-exported)
 from theano import gof  # noqa: E402,F401
-from theano.ifelse import IfElse  # noqa: E402,F401
+from theano.ifelse import IfElse, ifelse  # noqa: E402,F401
 
 from .theano_patches import c_code_version  # noqa: E402,F401
 

@@ -14,7 +14,7 @@ import numpy as np
 from layers import (Conv2d, DataInit, IAFNetwork, MaskedConv2d, MaskedResNet, avg_pool2,
                     bernoulli_logps, discretized_logistic_logps, gaussian_diag_logps,
                     nonlinearity, upsample_nn2)
-from layers.backend import T, floatX, theano
+from layers.backend import T, floatX, ifelse, theano
 from layers.function_cache import FunctionCache
 from layers.parameters import FlatParameters
 
@@ -150,17 +150,18 @@ class VAELayer:
 
     # -- top-down ----------------------------------------------------------------------
     def _posterior(self, d, u, eps, w):
-        """``z ~ q(z|x)`` and elementwise log q, from the down (``d``) and up (``u``) parts."""
+        """``z ~ q(z|x)``, elementwise log q, and the mean of q's Gaussian before the flow,
+        from the down (``d``) and up (``u``) parts."""
         if self.q.where == "up":
-            return u["z"], u["logq"]
+            return u["z"], u["logq"], u["qz_mean"]
         if self.q.kind == "tim":  # precision-weighted bottom-up q and prior
             q_prec, p_prec = T.exp(-2 * u["qz_logsd"]), T.exp(-2 * d["pz_logsd"])
             prec = q_prec + p_prec
             mean = (p_prec * d["pz_mean"] + q_prec * u["qz_mean"]) / prec
-            return self._sample(mean, -0.5 * T.log(prec), eps, None, w)
+            return (*self._sample(mean, -0.5 * T.log(prec), eps, None, w), mean)
         context = u["up_context"] + d["down_context"] if self.q.has_context else None
-        return self._sample(u["qz_mean"] + d["rz_mean"], u["qz_logsd"] + d["rz_logsd"], eps,
-                            context, w)
+        mean = u["qz_mean"] + d["rz_mean"]
+        return (*self._sample(mean, u["qz_logsd"] + d["rz_logsd"], eps, context, w), mean)
 
     def _made(self, z, d, w):
         mean, logsd = self.prior_net(z, d["prior_context"], w)
@@ -181,21 +182,34 @@ class VAELayer:
             x = self.down_conv3(x, w) if self.resample_convs else upsample_nn2(x)
         return x + 0.1 * self.down_conv2(self.nl(h), w)
 
+    def _down_parts(self, x, w):
+        return self.down_parts.split(self.down_conv1(self.nl(x), w))
+
     def down(self, x, u, eps, w):
-        """Top-down block during inference; returns its output and the elementwise KL."""
-        d = self.down_parts.split(self.down_conv1(self.nl(x), w))
-        z, logq = self._posterior(d, u, eps, w)
+        """Top-down block during inference; returns its output, the elementwise KL and the
+        mean of the posterior's Gaussian."""
+        d = self._down_parts(x, w)
+        z, logq, mean = self._posterior(d, u, eps, w)
         logp, z = self._prior(z, d, w)
-        return self._decode(x, d["h"], z, w), logq - logp
+        return self._decode(x, d["h"], z, w), logq - logp, mean
 
     def generate(self, x, eps, w):
         """Top-down block when sampling: ``z`` from the prior, driven by noise ``eps``."""
-        d = self.down_parts.split(self.down_conv1(self.nl(x), w))
-        if self.cfg.prior == "made":
-            z = self._sample_made(d, eps, w)
-        else:
-            z = d["pz_mean"] + eps * T.exp(d["pz_logsd"])
+        d = self._down_parts(x, w)
+        return self._decode(x, d["h"], self._prior_sample(d, eps, w), w)
+
+    def reconstruct(self, x, u, eps, prior_eps, from_posterior, w):
+        """Top-down block with ``z`` from the posterior where ``from_posterior`` (a 0/1
+        scalar) is 1, else from the prior with noise ``prior_eps``."""
+        d = self._down_parts(x, w)
+        z_q = self._prior(self._posterior(d, u, eps, w)[0], d, w)[1]  # as the decoder sees it
+        z = ifelse(from_posterior, z_q, self._prior_sample(d, prior_eps, w))
         return self._decode(x, d["h"], z, w)
+
+    def _prior_sample(self, d, eps, w):
+        if self.cfg.prior == "made":
+            return self._sample_made(d, eps, w)
+        return d["pz_mean"] + eps * T.exp(d["pz_logsd"])
 
     def _sample_made(self, d, eps, w):
         """Exact ancestral sample of the autoregressive prior ``z = m(z) + eps * exp(s(z))``.
@@ -302,17 +316,29 @@ class ResNetVAE:
             return T.maximum(np.float32(kl_min), per_map).sum()
         return kl.sum(axis=(1, 2, 3))
 
+    def _bottom_up(self, x, eps, w):
+        """The input as the likelihood models it, and each layer's parts for the top-down
+        pass (with z sampled there for bottom-up posteriors)."""
+        xf = self._input(x)
+        h, ups = self.x_enc(xf - 0.5, w), OrderedDict()
+        for (key, layer), e in zip(self.layers.items(), eps):
+            h, ups[key] = layer.up(h, e, w)
+        return xf, ups
+
+    def _inference(self, x, eps, w):
+        """The pass that evaluation and training take: ``(xf, likelihood mean, per-layer
+        elementwise KL, per-layer mean of the posterior's Gaussian)``."""
+        xf, ups = self._bottom_up(x, eps, w)
+        h, kls, means = self._top(x.shape[0], w), OrderedDict(), OrderedDict()
+        for (key, layer), e in reversed(list(zip(self.layers.items(), eps))):
+            h, kls[key], means[key] = layer.down(h, ups[key], e, w)
+        return xf, self._likelihood_mean(h, w), kls, means
+
     def _graph(self, x, eps, w):
         """Per-image costs of minibatch ``x`` (uint8) with posterior noise ``eps`` (one
         tensor per layer) under parameters ``w`` (docs/model.md §7, §8)."""
-        cfg, xf = self.config, self._input(x)
-        h, ups = self.x_enc(xf - 0.5, w), {}
-        for (key, layer), e in zip(self.layers.items(), eps):
-            h, ups[key] = layer.up(h, e, w)
-        h, kls = self._top(x.shape[0], w), OrderedDict()
-        for (key, layer), e in reversed(list(zip(self.layers.items(), eps))):
-            h, kls[key] = layer.down(h, ups[key], e, w)
-        mean = self._likelihood_mean(h, w)
+        cfg = self.config
+        xf, mean, kls, _ = self._inference(x, eps, w)
         if cfg.px == "logistic":
             logpx = discretized_logistic_logps(xf, mean, w["logsd_x"]).sum(axis=(1, 2, 3))
         else:
@@ -329,13 +355,25 @@ class ResNetVAE:
         results["log_weight"] = logpx - kl_total
         return results
 
+    def _image(self, likelihood_mean):
+        """uint8 images from the likelihood's mean, without the padding."""
+        image = (256.0 * likelihood_mean).astype("uint8")
+        pad = self.config.pad_x
+        return image[:, :, pad:-pad, pad:-pad] if pad else image
+
     def _sample_graph(self, eps, w):
         h = self._top(eps[0].shape[0], w)
         for layer, e in reversed(list(zip(self.layers.values(), eps))):
             h = layer.generate(h, e, w)
-        image = (256.0 * self._likelihood_mean(h, w)).astype("uint8")
-        pad = self.config.pad_x
-        return image[:, :, pad:-pad, pad:-pad] if pad else image
+        return self._image(self._likelihood_mean(h, w))
+
+    def _reconstruction_graph(self, x, eps, prior_eps, from_posterior, w):
+        _, ups = self._bottom_up(x, eps, w)
+        h = self._top(x.shape[0], w)
+        for k, ((key, layer), e, p) in reversed(list(enumerate(zip(self.layers.items(), eps,
+                                                                    prior_eps)))):
+            h = layer.reconstruct(h, ups[key], e, p, from_posterior[k], w)
+        return self._image(self._likelihood_mean(h, w))
 
     def _inputs(self):
         """Symbolic inputs: a uint8 minibatch and one noise tensor per layer."""
@@ -408,11 +446,37 @@ class ResNetVAE:
         return OrderedDict(zip(keys, f(x, *eps)))
 
     def decode(self, eps):
-        """uint8 images from noise (averaged weights): ancestral sampling of the prior."""
+        """uint8 images from noise (averaged weights): ancestral sampling of the prior.
+        Noise scaled by a temperature ``t`` samples at that temperature."""
         def build():
             _, es = self._inputs()
             return theano.function(es, self._sample_graph(es, self.avg_params)), None
         return self._function("decode", build)[0](*eps)
+
+    def reconstruct(self, x, eps, prior_eps, from_posterior):
+        """uint8 images decoded from ``x`` with each layer's z from the posterior (noise
+        ``eps``) where ``from_posterior`` (a 0/1 flag per layer, in layer order) is 1, and
+        from the prior (noise ``prior_eps``) elsewhere (averaged weights)."""
+        def build():
+            xs, es = self._inputs()
+            ps = [T.tensor4(f"prior_eps{k}") for k in range(len(self.layers))]
+            flags = T.bvector("from_posterior")
+            images = self._reconstruction_graph(xs, es, ps, flags, self.avg_params)
+            return theano.function([xs] + es + ps + [flags], images), None
+        f = self._function("reconstruct", build)[0]
+        return f(x, *eps, *prior_eps, np.asarray(from_posterior, np.int8))
+
+    def latents(self, x, eps):
+        """Per layer (in layer order): the mean of the posterior's Gaussian for every unit,
+        ``(N, n_z*h*w)``, and the KL of every feature map, ``(N, n_z)`` (averaged weights)."""
+        def build():
+            xs, es = self._inputs()
+            _, _, kls, means = self._inference(xs, es, self.avg_params)
+            outputs = [v for key in self.layers
+                       for v in (means[key].flatten(2), kls[key].sum(axis=(2, 3)))]
+            return theano.function([xs] + es, outputs), None
+        outputs = self._function("latents", build)[0](x, *eps)
+        return list(zip(outputs[::2], outputs[1::2]))
 
     def get_weights(self, averaged=True):
         return (self.avg_params if averaged else self.params).values()

@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from cifar_files import write_fake_cifar10
+from data import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["quickstart", "problem=cifar10", "n_train=32", "n_batch=16", "n_epochs=2", "n_h=8", "n_z=4",
@@ -100,6 +101,60 @@ def test_evaluate_reproduces_the_logged_test_cost(two_runs, cifar, tmp_path):
     assert summary["elbo"] == pytest.approx(logged["elbo"], rel=1e-5)
     # Importance sampling can only tighten the bound (up to sampling noise).
     assert summary["marglik"] < summary["elbo"] + 0.05
+
+
+# The options a user gives to inspect a run: the data, not the model (saved with the run).
+INSPECT = ["problem=cifar10", "n_train=32", "n_batch=16", "seed=7"]
+
+
+def test_evaluate_takes_the_model_options_saved_with_the_run_and_reports_each_layer(
+        two_runs, cifar, tmp_path):
+    folder = two_runs[0]
+    lines = (folder / "results.txt").read_text().splitlines()
+    logged = dict(zip(lines[0].split()[1:], map(float, lines[-1].split()[1:])))
+    proc = run(["evaluate", "with"] + INSPECT + [f"load_model_path={folder}"], cifar, tmp_path)
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["cost"] == pytest.approx(logged["cost"], rel=1e-5)
+    assert set(summary["layers"]) == {"000_000", "001_000"}
+    for name, layer in summary["layers"].items():
+        assert layer["kl_nats"] == pytest.approx(logged["cost_z" + name], rel=1e-4)
+        assert layer["maps"] == 4 and 0 <= layer["floored_maps"] <= 4
+        assert layer["units"] == 4 * (16 if name == "000_000" else 8) ** 2
+        assert 0 <= layer["active_units"] <= layer["units"]
+    assert "active units" in proc.stdout and "below free-bits floor" in proc.stdout
+
+
+def test_model_options_that_contradict_the_saved_run_are_refused(two_runs, cifar, tmp_path):
+    proc = run(["evaluate", "with"] + INSPECT + [f"load_model_path={two_runs[0]}", "n_h=16",
+                                                 "margs.depth_ar=2"], cifar, tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "n_h: 8 -> 16" in proc.stderr and "margs.depth_ar: 1 -> 2" in proc.stderr
+
+
+def test_samples_at_temperature_zero_do_not_depend_on_the_seed(two_runs, cifar, tmp_path):
+    def samples(*args):
+        logs = tmp_path / "-".join(args)
+        run(["sample", "with", f"load_model_path={two_runs[0]}", "n_samples=6"] + list(args),
+            cifar, logs)
+        (folder,) = logs.iterdir()
+        assert (folder / "samples.png").exists()
+        return np.load(folder / "samples.npy", allow_pickle=False)
+    cold = samples("temperature=0", "seed=1")
+    assert cold.shape == (6, 3, 32, 32) and cold.dtype == np.uint8
+    np.testing.assert_array_equal(samples("temperature=0", "seed=2"), cold)
+    assert not np.array_equal(samples("temperature=1", "seed=2"), cold)
+
+
+def test_reconstruct_writes_the_images_then_one_row_per_layer(two_runs, cifar, tmp_path,
+                                                                monkeypatch):
+    run(["reconstruct", "with", f"load_model_path={two_runs[0]}", "n_images=3"] + INSPECT,
+        cifar, tmp_path)
+    (folder,) = tmp_path.iterdir()
+    rows = np.load(folder / "reconstruct.npy", allow_pickle=False)
+    assert rows.shape == (3 * 3, 3, 32, 32)
+    monkeypatch.setenv("CIFAR10_PATH", str(cifar))
+    np.testing.assert_array_equal(rows[:3], load_dataset("cifar10", 32, seed=7)[1][:3])
+    assert np.asarray(Image.open(folder / "reconstruct.png")).shape == (3 * 32, 3 * 32, 3)
 
 
 def test_print_params_needs_no_data_and_counts_the_table3_model(tmp_path):
