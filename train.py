@@ -582,12 +582,12 @@ def latent_layers(model, x, n_batch, elbo):
 
 
 def print_layers(report):
-    print("layer    KL (nats/image)  bits/dim  share of -ELBO  below free-bits floor  "
-          "active units")
+    print(f"{'layer':8}{'KL (nats/image)':>17}{'bits/dim':>10}{'share of -ELBO':>16}"
+          f"{'maps below floor':>18}{'active units':>16}")
     for name, r in report.items():
-        print(f"{name}  {r['kl_nats']:15.3f}  {r['bits_per_dim']:8.4f}  "
-              f"{100 * r['share_of_elbo']:13.1f}%  {r['floored_maps']:>9d}/{r['maps']:<3d} maps"
-              f"       {r['active_units']:>6d}/{r['units']}")
+        print(f"{name:8}{r['kl_nats']:17.3f}{r['bits_per_dim']:10.4f}"
+              f"{100 * r['share_of_elbo']:15.1f}%{r['floored_maps']:>13d}/{r['maps']:<4d}"
+              f"{r['active_units']:>10d}/{r['units']:<5d}")
 
 
 @ex.command

@@ -36,7 +36,7 @@ def measure(name, n_steps, n_batch):
 
     cfg = train.resolved_config(name, problem="toy", n_batch=n_batch)
     run = train.Run(cfg, folder=None, sacred_run=None)
-    train.initialise(run.model, run.train_x[:n_batch], cfg)
+    train.initialise(run.model, cfg, run.train_x[:n_batch])
     processes, order = train.processes, np.arange(len(run.train_x))
     global_batch = n_batch * processes.size
 

@@ -78,6 +78,10 @@ def test_a_layer_forced_onto_its_prior_has_no_kl_and_no_active_units(model):
                 weights[conv.s_name][start:start + n] = -40  # exp(3 s) is 0 in float32
                 weights[conv.b_name][start:start + n] = 0
             start += n
+    # Layer 0_0's posterior mean, std 0.1 after data-dependent init, made 10 times wider.
+    bottom = model.layers[0, 0]
+    qz_mean = slice(bottom.up_parts.sizes["h"], bottom.up_parts.sizes["h"] + 4)
+    weights[bottom.up_conv1.s_name][qz_mean] += np.log(10) / 3
     model.set_weights(weights)
     x = images(6)
     elbo = float(model.evaluate(x, model.noise("eval", 0, range(6)))["elbo"].mean())

@@ -121,7 +121,7 @@ def test_evaluate_takes_the_model_options_saved_with_the_run_and_reports_each_la
         assert layer["maps"] == 4 and 0 <= layer["floored_maps"] <= 4
         assert layer["units"] == 4 * (16 if name == "000_000" else 8) ** 2
         assert 0 <= layer["active_units"] <= layer["units"]
-    assert "active units" in proc.stdout and "below free-bits floor" in proc.stdout
+    assert "active units" in proc.stdout and "maps below floor" in proc.stdout
 
 
 def test_model_options_that_contradict_the_saved_run_are_refused(two_runs, cifar, tmp_path):
