@@ -3,13 +3,18 @@
     python benchmarks/run.py                      # both configs, writes benchmarks/results.{md,json}
     python benchmarks/run.py readme_example --steps 10
 
-For each config, two fresh processes build the model and time it: the first with an empty
-Theano compile directory (cold compile), the second reusing it (warm start). Reported:
-compile times, seconds per training step (median over ``--steps`` after one warm-up step)
-and per evaluation minibatch, images/s, achieved GFLOP/s (convolution FLOPs counted
-analytically: forward, and 3x forward for a training step), the fraction of the machine's
-matrix-multiply peak (a float32 GEMM through the same BLAS, measured in the same process),
-peak resident memory, and the hours a 50,000-image CIFAR-10 epoch takes at that speed.
+For each config, fresh processes build the model and time it, all with one new Theano
+compile directory: the first finds it empty (cold compile: C code and graphs), the second
+reuses the C code but not the compiled functions (warm start: Theano optimises the graphs
+again), the third and fourth use the function cache (layers/function_cache.py; the third
+fills it, the fourth shows the cached start). Reported: those start times (process start,
+or for the cold one the data-dependent init, to the end of the first training step),
+seconds per training step (median over ``--steps`` after one warm-up step) and per
+evaluation minibatch, images/s, achieved GFLOP/s (convolution FLOPs counted analytically:
+forward, and 3x forward for a training step), the fraction of the machine's matrix-multiply
+peak (a float32 GEMM through the same BLAS, measured in the same process), peak resident
+memory, the hours a 50,000-image CIFAR-10 epoch takes at that speed, and the time from
+starting a process to evaluate saved weights to its first number (cache filled).
 ``--threads N`` runs on N threads (OMP_NUM_THREADS and OPENBLAS_NUM_THREADS) instead of
 all cores.
 """
@@ -50,15 +55,15 @@ def conv_flops(model, n):
     return total
 
 
-def measure(name, n_steps, n_batch):
-    """Runs in a child process: build, compile, time; prints one JSON line."""
+def measure(name, n_steps, n_batch, started, weights_path=None):
+    """Runs in a child process started at time ``started``: build, compile, time; prints
+    one JSON line. Saves the weights to ``weights_path`` if given."""
     import numpy as np
 
     from layers.backend import T, theano
-    from models import ModelConfig, ResNetVAE
+    from models import ModelConfig, ResNetVAE, save_ndict
     from train import resolved_config
 
-    t_start = time.time()
     model = ResNetVAE(ModelConfig(**resolved_config(name)["margs"]))
     x = np.random.RandomState(0).randint(0, 256, (n_batch, 3, 32, 32)).astype(np.uint8)
     images = range(n_batch)
@@ -68,7 +73,7 @@ def measure(name, n_steps, n_batch):
     t0 = time.time()
     model.train_step(x, model.noise("train", 0, images))
     first_step_s = time.time() - t0  # compile + one step
-    start_to_first_step_s = time.time() - t_start
+    start_to_first_step_s = time.time() - started
     times = []
     for step in range(n_steps):  # as the training loop: the step's noise, then the step
         t0 = time.time()
@@ -90,6 +95,8 @@ def measure(name, n_steps, n_batch):
     peak = 5 * 2 * 2048 ** 3 / (time.time() - t0) / 1e9
     step = float(np.median(times))
     fwd = conv_flops(model, n_batch)
+    if weights_path:
+        save_ndict(model.get_weights(), weights_path)
     return {"config": name, "n_batch": n_batch, "n_params": model.params.size,
         "data_init_s": init_s, "compile_and_first_step_s": first_step_s,
         "start_to_first_step_s": start_to_first_step_s,
@@ -100,28 +107,44 @@ def measure(name, n_steps, n_batch):
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
 
 
-def child(name, n_steps, n_batch, compiledir, threads):
+def evaluate_first_minibatch(name, n_batch, weights_path):
+    """Runs in a child process: what `train.py evaluate` does up to its first number."""
+    import numpy as np
+
+    from models import ModelConfig, ResNetVAE, load_ndict
+    from train import resolved_config
+
+    model = ResNetVAE(ModelConfig(**resolved_config(name)["margs"]))
+    model.set_weights(load_ndict(weights_path))
+    x = np.random.RandomState(1).randint(0, 256, (n_batch, 3, 32, 32)).astype(np.uint8)
+    return {"cost": float(model.evaluate(x, model.noise("eval", 0, range(n_batch)))["cost"].mean())}
+
+
+def child(args, compiledir, threads, cache):
     flags = f"base_compiledir={compiledir}"
     env = {**os.environ, "THEANO_FLAGS": ",".join(filter(None, [os.environ.get(
-        "THEANO_FLAGS"), flags]))}
+        "THEANO_FLAGS"), flags])), "IAF_FUNCTION_CACHE": str(int(cache))}
     if threads:
         env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads))
-    proc = subprocess.run([sys.executable, __file__, "--child", name, "--steps", str(n_steps),
-                           "--batch", str(n_batch)], env=env, capture_output=True, text=True)
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, __file__, "--child", "--started", str(t0)] + args,
+                          env=env, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stderr[-3000:])
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return dict(json.loads(proc.stdout.strip().splitlines()[-1]), wall_s=time.time() - t0)
 
 
 def table(rows):
     head = ("| config | threads | params | cold compile+1st step (s) | warm start to 1st step (s) | "
+            "cached start to 1st step (s) | evaluate to 1st number (s) | "
             "s/step | s/eval batch | images/s | GFLOP/s | % of GEMM peak | peak RSS (GB) | "
             "h/epoch |")
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         lines.append(f"| {r['config']} (batch {r['n_batch']}) | {r['threads']} | "
-                     f"{r['n_params'] / 1e6:.1f}M | "
-                     f"{r['cold_compile_s']:.0f} | {r['warm_start_s']:.1f} | {r['step_s']:.3f} | "
+                     f"{r['n_params'] / 1e6:.1f}M | {r['cold_compile_s']:.0f} | "
+                     f"{r['warm_start_s']:.1f} | {r['cached_start_s']:.1f} | "
+                     f"{r['evaluate_s']:.1f} | {r['step_s']:.3f} | "
                      f"{r['eval_s']:.3f} | {r['images_per_s']:.1f} | {r['gflops']:.0f} | "
                      f"{100 * r['fraction_of_peak']:.0f}% (of {r['gemm_peak_gflops']:.0f}) | "
                      f"{r['peak_rss_gb']:.2f} | {50000 / r['images_per_s'] / 3600:.1f} |")
@@ -135,17 +158,34 @@ def main():
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=0, help="default: all cores")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    parser.add_argument("--evaluate", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--started", type=float, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child and args.evaluate:
+        print(json.dumps(evaluate_first_minibatch(args.configs[0], args.batch, args.weights)))
+        return
     if args.child:
-        print(json.dumps(measure(args.configs[0], args.steps, args.batch)))
+        print(json.dumps(measure(args.configs[0], args.steps, args.batch, args.started,
+                                 args.weights)))
         return
     rows = []
     for name in args.configs:
+        options = [name, "--batch", str(args.batch)]
         with tempfile.TemporaryDirectory() as compiledir:
-            cold = child(name, 1, args.batch, compiledir, args.threads)
-            row = child(name, args.steps, args.batch, compiledir, args.threads)
+            def run(steps, cache, *extra):
+                return child(options + ["--steps", str(steps)] + list(extra), compiledir,
+                             args.threads, cache)
+            weights = os.path.join(compiledir, "weights.ndict.tar.gz")
+            cold = run(1, False)
+            row = run(args.steps, False)
+            run(1, True, "--weights", weights)  # fills the function cache
+            cached = run(1, True)
+            evaluate = run(0, True, "--evaluate", "--weights", weights)
         row["cold_compile_s"] = cold["data_init_s"] + cold["compile_and_first_step_s"]
         row["warm_start_s"] = row["start_to_first_step_s"]
+        row["cached_start_s"] = cached["start_to_first_step_s"]
+        row["evaluate_s"] = evaluate["wall_s"]
         row["threads"] = args.threads or os.cpu_count()
         rows.append(row)
         print(table([row]), flush=True)

@@ -17,14 +17,23 @@ class FlatParameters:
     """``params[name]`` is the symbolic parameter; `values` / `set_values` read and write
     the numbers; `buffer` is the flat array itself (``name`` names the shared vector)."""
 
-    def __init__(self, initial, name):
-        self.shapes = OrderedDict((k, np.shape(v)) for k, v in initial.items())
+    def __init__(self, shapes, flat, name):
+        self.shapes = OrderedDict(shapes)
         sizes = [int(np.prod(s)) for s in self.shapes.values()]
         self.offsets = OrderedDict(zip(self.shapes, np.cumsum([0] + sizes[:-1]).tolist()))
         self.size = sum(sizes)
-        flat = np.concatenate([np.ravel(v) for v in initial.values()]).astype(floatX)
-        self.shared = theano.shared(flat, name=name)
+        self.shared = theano.shared(np.asarray(flat, floatX), name=name, borrow=True)
         self._views = OrderedDict((k, self._view(k)) for k in self.shapes)
+
+    @classmethod
+    def from_values(cls, initial, name):
+        """Parameters with the values of a ``name -> array`` dict, in its order."""
+        flat = np.concatenate([np.ravel(v) for v in initial.values()])
+        return cls([(k, np.shape(v)) for k, v in initial.items()], flat, name)
+
+    def like(self, name):
+        """Another set of the same parameters (names and layout), holding these values."""
+        return FlatParameters(self.shapes, self.buffer.copy(), name)
 
     def _slice(self, name):
         start = self.offsets[name]

@@ -28,13 +28,14 @@ class AdaMaxPolyak:
     def __init__(self, params, averages, masks, alpha=0.002, beta1=0.1, beta2=0.001):
         self.params, self.averages = params, averages
         self.alpha, self.beta1, self.beta2 = alpha, beta1, beta2
-        self.m = theano.shared(np.zeros(params.size, floatX), name="adamax_m")
-        self.u = theano.shared(np.full(params.size, 1e-8, floatX), name="adamax_u")
+        self.m = theano.shared(np.zeros(params.size, floatX), name="adamax_m", borrow=True)
+        self.u = theano.shared(np.full(params.size, 1e-8, floatX), name="adamax_u",
+                               borrow=True)
         keep = np.ones(params.size, np.uint8)
         for name, mask in masks.items():
             start = params.offsets[name]
             keep[start:start + mask.size] = mask.ravel() != 0
-        self.keep = theano.shared(keep, name="adamax_keep")
+        self.keep = theano.shared(keep, name="adamax_keep", borrow=True)
 
     @property
     def gradient_size(self):

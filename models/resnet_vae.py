@@ -250,8 +250,8 @@ class ResNetVAE:
                 self.layers[i, j] = VAELayer(p, rng, self._layer_name(i, j), cfg,
                                              downsample=i > 0 and j == 0)
         p["h_top"] = np.zeros(cfg.n_h1, floatX)
-        self.params = FlatParameters(p, "params")
-        self.avg_params = FlatParameters(p, "avg_params")  # their Polyak averages
+        self.params = FlatParameters.from_values(p, "params")
+        self.avg_params = self.params.like("avg_params")  # their Polyak averages
         masks = {conv.w_name: conv.mask for conv in self.masked_convs}
         self.optimiser = opt = AdaMaxPolyak(self.params, self.avg_params, masks, cfg.alpha,
                                             cfg.beta1, cfg.beta2)

@@ -157,7 +157,8 @@ def _optimiser_after_one_update(custom_op, gradient, monkeypatch):
                "bias": rng.randn(3).astype(floatX)}
     mask = (rng.rand(4, 3) > 0.5).astype(floatX)
     initial["masked_w"] *= mask
-    params, averages = FlatParameters(initial, "w"), FlatParameters(initial, "avg")
+    params = FlatParameters.from_values(initial, "w")
+    averages = params.like("avg")
     averages.set_buffer(rng.randn(averages.size))
     monkeypatch.setattr(AdaMaxPolyak, "custom_op", custom_op)
     optimiser = AdaMaxPolyak(params, averages, {"masked_w": mask}, alpha=0.01, beta1=0.1,

@@ -2,6 +2,7 @@
 with the loading model's own parameters; entries that may be foreign or damaged are
 compiled afresh with one line saying why; IAF_FUNCTION_CACHE=0 writes nothing."""
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -13,16 +14,32 @@ TINY = ModelConfig(shape_x=(3, 8, 8), depths=[1, 1], n_h1=8, n_h2=8, n_z=4,
                    posterior="down_iaf2_nl")
 
 
-@pytest.fixture
-def cache_folder(tmp_path, monkeypatch):
-    """Models built in the test cache their functions in a fresh folder."""
-    folder = tmp_path / "functions"
+def cache_in(folder, monkeypatch):
+    """Models built from now on cache their functions in ``folder``."""
     original = function_cache.FunctionCache.__init__
 
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)
         self.folder = str(folder)
     monkeypatch.setattr(function_cache.FunctionCache, "__init__", init)
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory):
+    """A cache folder holding the evaluation function of TINY, and what it computed."""
+    folder = tmp_path_factory.mktemp("cache") / "functions"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        cache_in(folder, monkeypatch)
+        first, _ = model_and_log(seed=1)
+        return folder, first, evaluation(first)
+
+
+@pytest.fixture
+def cache_folder(tmp_path, monkeypatch, filled):
+    """A copy of the filled cache folder that the test's models use."""
+    folder = tmp_path / "functions"
+    shutil.copytree(filled[0], folder)
+    cache_in(folder, monkeypatch)
     return folder
 
 
@@ -40,10 +57,9 @@ def evaluation(model):
     return model.evaluate(x, eps)["cost"]
 
 
-def test_a_loaded_function_computes_with_the_loading_models_parameters(cache_folder,
+def test_a_loaded_function_computes_with_the_loading_models_parameters(cache_folder, filled,
                                                                          monkeypatch):
-    first, _ = model_and_log(seed=1)
-    compiled = evaluation(first)
+    _, first, compiled = filled
     (entry,) = cache_folder.iterdir()
     assert oct(entry.stat().st_mode & 0o777) == "0o600"
     assert first.avg_params.buffer[100:120].tobytes() not in entry.read_bytes()  # no weights
@@ -63,11 +79,11 @@ def test_a_loaded_function_computes_with_the_loading_models_parameters(cache_fol
     (lambda p: p.chmod(0o666), "is writable by other users"),
     (lambda p: os.chown(p, 65534, -1), "belongs to another user"),
 ])
-def test_a_damaged_or_foreign_entry_is_compiled_afresh_saying_why(cache_folder, damage, reason):
+def test_a_damaged_or_foreign_entry_is_compiled_afresh_saying_why(cache_folder, filled,
+                                                                  damage, reason):
     if reason == "belongs to another user" and os.getuid() != 0:
         pytest.skip("giving a file to another user needs root")
-    first, _ = model_and_log(seed=1)
-    expected = evaluation(first)
+    expected = filled[2]
     (entry,) = cache_folder.iterdir()
     damage(entry)
     second, messages = model_and_log(seed=1)
@@ -76,19 +92,18 @@ def test_a_damaged_or_foreign_entry_is_compiled_afresh_saying_why(cache_folder, 
 
 
 def test_a_foreign_folder_is_not_trusted(cache_folder):
-    first, _ = model_and_log(seed=1)
-    evaluation(first)
     cache_folder.chmod(0o777)
     second, messages = model_and_log(seed=1)
     evaluation(second)
     assert len(messages) == 1 and "is writable by other users" in messages[0]
 
 
-def test_the_cache_can_be_turned_off(cache_folder, monkeypatch):
+def test_the_cache_can_be_turned_off(tmp_path, monkeypatch):
+    cache_in(tmp_path / "functions", monkeypatch)
     monkeypatch.setattr(function_cache, "ENABLED", False)
     model, _ = model_and_log(seed=1)
     evaluation(model)
-    assert not cache_folder.exists()
+    assert not (tmp_path / "functions").exists()
 
 
 def test_the_key_covers_the_source_and_the_model(tmp_path):

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 from PIL import Image
 
 from models import load_ndict
+from runs import wait_for_checkpoints
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -36,14 +36,7 @@ def start_and_signal(args, logs, sig, after_steps):
     """Start a run, wait until it has checkpointed ``after_steps`` times, send ``sig``."""
     proc = subprocess.Popen(command(args), env={**os.environ, "ML_LOG_PATH": str(logs)},
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline, seen = time.time() + 600, set()
-    while time.time() < deadline and proc.poll() is None:
-        for ckpt in logs.glob("*/checkpoint.npz"):
-            seen.add(ckpt.stat().st_mtime_ns)
-        if len(seen) >= after_steps:
-            break
-        time.sleep(0.005)
-    assert proc.poll() is None, "the run ended before it could be interrupted"
+    wait_for_checkpoints(proc, logs, after_steps)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=300)
     return proc.returncode, out, err, next(logs.iterdir())

@@ -1,0 +1,16 @@
+"""Helpers for tests that watch a training run in another process."""
+import time
+
+
+def wait_for_checkpoints(proc, logs, count):
+    """Wait until the run ``proc``, logging under ``logs``, has written ``count``
+    checkpoints (seen as distinct modification times of ``checkpoint.npz``)."""
+    seen, deadline = set(), time.time() + 600
+    while time.time() < deadline and proc.poll() is None and len(seen) < count:
+        for path in logs.glob("*/checkpoint.npz"):
+            try:
+                seen.add(path.stat().st_mtime_ns)
+            except FileNotFoundError:  # just renamed to checkpoint.prev.npz
+                pass
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
