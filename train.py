@@ -91,7 +91,7 @@ class Error(SacredError):
         super().__init__(message, print_traceback=False)
 
 
-Error.__module__ = "train"
+Error.__module__ = "train"  # sacred names the exception's module: not "__main__"
 
 
 @contextlib.contextmanager
@@ -99,7 +99,8 @@ def user_errors():
     """Turn the errors a user can fix (bad data, config, weights) into one-line messages."""
     try:
         yield
-    except (DataError, ConfigError, WeightsError, CheckpointError, ParallelError) as err:
+    except (DataError, ConfigError, WeightsError, CheckpointError, ParallelError,
+            OSError) as err:  # OSError: a folder that cannot be written, a full disk
         raise Error(str(err)) from None
 
 
@@ -134,40 +135,51 @@ def get_data(cfg):
     if cfg["n_batch"] > len(train_x):
         raise Error(f"n_batch={cfg['n_batch']} is larger than the {len(train_x)} training "
                     f"images; use a smaller n_batch or a larger n_train")
-    if train_x.shape[1:] != tuple(cfg["shape_x"]):
+    shape = tuple(cfg["margs"]["shape_x"])
+    if train_x.shape[1:] != shape:
         raise Error(f"problem {cfg['problem']!r} has images of shape {train_x.shape[1:]}, "
-                    f"but shape_x={tuple(cfg['shape_x'])}")
+                    f"but the model's shape_x is {shape}")
+    for name, images in (("training", train_x), ("test", test_x)):
+        processes.check_identical(images, f"{name} images", "is CIFAR10_PATH the same "
+                                  "data set on every machine?")
     return train_x, test_x
 
 
 def build_model(cfg):
     if cfg["model_type"] != "cvae1":
         raise Error(f"unknown model_type {cfg['model_type']!r}; valid choices: cvae1")
-    return ResNetVAE(ModelConfig(**cfg["margs"]), seed=cfg["seed"])
+    try:
+        config = ModelConfig(**cfg["margs"])
+    except TypeError as err:  # e.g. options saved by another version of this code
+        raise Error(f"margs do not fit this version's model options ({err})") from None
+    return ResNetVAE(config, seed=cfg["seed"])
 
 
-# The config entries that define the model; a run saves its config (config.json).
+# The config entries that define the model; a run saves its config (config.json), and
+# commands that inspect a run also take the data it was evaluated on from it.
 MODEL_KEYS = ("model_type", "shape_x", "px", "pad_x", "n_h", "n_z", "n_h1", "n_h2", "depths",
               "margs")
+DATA_KEYS = ("problem", "n_train", "n_batch", "seed")
 
 
-def with_saved_model_options(config, sacred_run):
-    """The config (as plain data), with the model options of the run in
-    ``load_model_path`` if that is a run folder of this project: options given on the
-    command line that contradict them are refused."""
+def command_config(config, sacred_run, saved_keys=MODEL_KEYS):
+    """The command's config as plain data, rank 0's on every rank (sacred draws a seed in
+    each process). If ``load_model_path`` is a run folder of this project, its saved
+    ``saved_keys`` replace the defaults; given values that contradict saved model options
+    are refused."""
     cfg = json.loads(json.dumps(config))
     path = cfg["load_model_path"] and os.path.join(cfg["load_model_path"], "config.json")
-    if not path or not os.path.exists(path):
-        return cfg
-    with open(path) as f:
-        saved = json.load(f)
-    modified = sacred_run.config_modifications.modified
-    differences = config_differences(saved, cfg, {k for k in modified
-                                                  if k.split(".")[0] in MODEL_KEYS})
-    if differences:
-        raise Error(f"the model options contradict those saved with the run in "
-                    f"{cfg['load_model_path']}: {'; '.join(differences)}")
-    return {**cfg, **{k: saved[k] for k in MODEL_KEYS}}
+    if processes.is_main and path and os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        modified = sacred_run.config_modifications.modified
+        given = {k for k in modified if k.split(".")[0] in MODEL_KEYS}
+        differences = config_differences(saved, cfg, given)
+        if differences:
+            raise Error(f"the model options contradict those saved with the run in "
+                        f"{cfg['load_model_path']}: {'; '.join(differences)}")
+        cfg.update({k: saved[k] for k in saved_keys if k in saved and k not in modified})
+    return processes.broadcast(cfg)
 
 
 def initialise(model, cfg, init_x=None):
@@ -199,11 +211,12 @@ def evaluate_minibatches(model, x, n_batch, purpose, first_step=0):
     """Evaluation outputs of every minibatch of ``x`` (in order, as one list on every rank,
     each rank computing its share): minibatch ``b`` gets the noise of step
     ``first_step + b``, so the same weights always give the same numbers."""
-    batches = minibatches(len(x), n_batch)
-    mine = [(b, model.evaluate(x[start:stop], model.noise(purpose, first_step + b,
-                                                          range(stop - start))))
-            for b in processes.share(range(len(batches))) for start, stop in [batches[b]]]
-    return [results for share in processes.gather(mine) for _, results in share]
+    batches, mine = minibatches(len(x), n_batch), []
+    for b in processes.share(range(len(batches))):
+        start, stop = batches[b]
+        noise = model.noise(purpose, first_step + b, range(stop - start))
+        mine.append(model.evaluate(x[start:stop], noise))
+    return [results for share in processes.gather(mine) for results in share]
 
 
 def evaluate_set(model, x, n_batch):
@@ -219,14 +232,12 @@ def estimate_marglik(model, x, n_batch, n_samples):
     """Importance-sampled ``-log p(x)`` in bits/dim: log-mean-exp over K posterior samples
     of ``log p(x|z) + log p(z) - log q(z|x)`` per image (free bits never enter it)."""
     n_batches = len(minibatches(len(x), n_batch))
-    log_w = []
+    log_sum = -np.inf  # per image, log of the sum of the importance weights so far
     for k in range(n_samples):
         results = evaluate_minibatches(model, x, n_batch, "marglik", k * n_batches)
-        log_w.append(np.concatenate([r["log_weight"] for r in results]).astype(np.float64))
-        stacked = np.stack(log_w)
-        top = stacked.max(axis=0)
-        log_px = top + np.log(np.exp(stacked - top).mean(axis=0))
-        bits = -log_px.mean() / (np.prod(model.shape_x) * math.log(2))
+        log_w = np.concatenate([r["log_weight"] for r in results]).astype(np.float64)
+        log_sum = np.logaddexp(log_sum, log_w)
+        bits = -(log_sum - np.log(k + 1)).mean() * model.bits_per_nat
         print(f"Estimate of -log p(x) after {k + 1} samples: {bits:.5f} bits/dim")
     return bits
 
@@ -286,7 +297,9 @@ class Run:
 
     def save(self):
         """Checkpoint, once every rank is seen to hold the same parameters."""
-        processes.check_identical(self.model.params.buffer, "parameters")
+        processes.check_identical(self.model.params.buffer, "parameters", "the ranks no "
+                                  "longer train one model (a faulty machine or MPI library?): "
+                                  "resume from the last checkpoint")
         if processes.is_main:
             meta = {"config": self.cfg, "loop": dataclasses.asdict(self.state)}
             save_checkpoint(self.folder, self.model.training_state(), meta)
@@ -477,29 +490,33 @@ def config_differences(saved, current, keys):
             if normal(lookup(saved, k)) != normal(lookup(current, k))]
 
 
+# What a resumed run may change: when to stop, how to treat a NaN, how often to checkpoint.
+MAY_CHANGE = ("n_epochs", "skip_nonfinite", "checkpoint_minutes")
+
+
 def resume_run(folder, cfg, sacred_run):
     """The run in ``folder`` as its checkpoint left it. Rank 0 reads the checkpoint and
     sends it to the others, which may run on machines without the folder."""
     arrays, meta = load_checkpoint(folder) if processes.is_main else (None, None)
     meta = processes.broadcast(meta)
     modified = sacred_run.config_modifications.modified
-    user_set = {k for k in modified if k.split(".")[0] not in ("resume", "seed", "n_epochs")}
+    user_set = {k for k in modified if k.split(".")[0] not in ("resume", "seed") + MAY_CHANGE}
     differences = config_differences(meta["config"], cfg, user_set)
     if differences:
         raise Error(f"the config contradicts the run in {folder}: {'; '.join(differences)}")
     saved = dict(meta["config"], resume=folder)
-    if "n_epochs" in modified:  # the one setting a resumed run may change: when to stop
-        saved["n_epochs"] = cfg["n_epochs"]
+    saved.update({k: cfg[k] for k in MAY_CHANGE if k in modified})
     run = Run(saved, folder, sacred_run, LoopState(**meta["loop"]))
-    if not processes.is_main:
-        arrays = run.model.training_state()  # buffers of the right sizes to receive into
-    for array in arrays.values():
-        processes.broadcast_(array)
-    try:
-        run.model.set_training_state(arrays)
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"the checkpoint in {folder} does not fit its own config's "
-                              f"model ({err}): a damaged file?") from None
+    if processes.is_main:
+        try:
+            run.model.set_training_state(arrays)
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"the checkpoint in {folder} does not fit its own config's "
+                                  f"model ({err}): a damaged file?") from None
+    state = run.model.training_state()  # rank 0's, sent to the others
+    for name in sorted(state):
+        processes.broadcast_(state[name])
+    run.model.set_training_state(state)
     if processes.is_main:
         trim_results(folder, {epoch for epoch, _ in run.state.history["test"]})
     print(f"Resuming {folder} at epoch {run.state.epoch}, image {run.state.images_done}")
@@ -517,8 +534,8 @@ def open_run_folder(cfg):
         if not cfg["resume"]:
             with open(os.path.join(folder, "command.sh"), "w") as f:
                 f.write(" ".join(shlex.quote(a) for a in ["python"] + sys.argv) + "\n")
-            with open(os.path.join(folder, "config.json"), "w") as f:
-                json.dump(cfg, f, indent=1)
+            atomic_write(os.path.join(folder, "config.json"),
+                         lambda f: f.write(json.dumps(cfg, indent=1).encode()))
             print(f"Run folder: {folder}")
     return processes.broadcast(folder)
 
@@ -527,7 +544,7 @@ def open_run_folder(cfg):
 def train(_config, _run):
     """Train, reporting test bits/dim, weights and samples into a run folder."""
     with user_errors():
-        cfg = with_saved_model_options(_config, _run)
+        cfg = command_config(_config, _run)
         folder = open_run_folder(cfg)
         run = resume_run(folder, cfg, _run) if cfg["resume"] else Run(cfg, folder, _run)
         if processes.size > 1:
@@ -545,8 +562,9 @@ def train(_config, _run):
 
 
 def trained_model(config, sacred_run):
-    """The config and the model with the weights of ``load_model_path``, for a command."""
-    cfg = with_saved_model_options(config, sacred_run)
+    """The config and the model with the weights of ``load_model_path``, for a command
+    that inspects it (on the data the run used, unless told otherwise)."""
+    cfg = command_config(config, sacred_run, MODEL_KEYS + DATA_KEYS)
     if cfg["load_model_path"] is None:
         raise Error("this command needs load_model_path=DIR, a folder with "
                     "weights.ndict.tar.gz (a run folder of this project, or the original's)")
@@ -568,7 +586,7 @@ def latent_layers(model, x, n_batch, elbo):
         totals += np.concatenate([part.sum(axis=0) for mean, kl in layers for part in
                                   (mean.astype(np.float64), mean.astype(np.float64) ** 2, kl)])
     processes.sum_(totals)
-    report, bits = {}, 1 / (np.prod(model.shape_x) * math.log(2))
+    report, bits = {}, model.bits_per_nat
     for (i, j), (n_z, height, width), part in zip(model.layers, shapes,
                                                    np.split(totals / len(x), np.cumsum(sizes))):
         units = n_z * height * width
@@ -669,12 +687,12 @@ def main(argv):
         sys.stdout = open(os.devnull, "w")
     try:
         ex.run_commandline(argv)
-    except SystemExit as end:
-        if end.code and processes.size > 1:  # the others may wait for this rank: end them
+    except BaseException as end:  # an error (SystemExit(1)) or a second Ctrl-C
+        if processes.size > 1 and not (isinstance(end, SystemExit) and not end.code):
             if not processes.is_main:
                 time.sleep(2)  # if rank 0 failed too, let it say why first
             sys.stderr.flush()
-            processes.abort(1)
+            processes.abort(1)  # the other ranks may be waiting for this one
         raise
 
 

@@ -1,4 +1,5 @@
 """Crash-safe file writing: a reader sees the old file or the complete new one, never a part."""
+import contextlib
 import os
 import tempfile
 
@@ -28,7 +29,8 @@ def atomic_write(path, write, mode=None):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):  # already renamed onto ``path``
+            os.unlink(tmp)
         raise
     folder_fd = os.open(folder, os.O_RDONLY)
     try:

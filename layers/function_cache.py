@@ -48,14 +48,13 @@ def _theano_config():
     return re.sub(r" at 0x[0-9a-f]+", "", str(theano.config))
 
 
-def _untrusted(path):
-    """Why ``path`` could have been written by someone else, or None."""
-    info = os.stat(path)
+def _check_trusted(fd, path):
+    """Refuse an open file or folder that someone else could have written."""
+    info = os.fstat(fd)
     if info.st_uid != os.getuid():
-        return f"{path} belongs to another user"
+        raise PermissionError(f"{path} belongs to another user")
     if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        return f"{path} is writable by other users"
-    return None
+        raise PermissionError(f"{path} is writable by other users")
 
 
 class FunctionCache:
@@ -99,11 +98,16 @@ class FunctionCache:
         return function, extra
 
     def _load(self, path):
-        for place in (self.folder, path):
-            problem = _untrusted(place)
-            if problem:
-                raise PermissionError(problem)
-        with open(path, "rb") as f:
+        # Checked and read through open descriptors, symbolic links refused, so that the
+        # file read is the file checked.
+        folder = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            _check_trusted(folder, self.folder)
+            fd = os.open(os.path.basename(path), os.O_RDONLY | os.O_NOFOLLOW, dir_fd=folder)
+        finally:
+            os.close(folder)
+        with os.fdopen(fd, "rb") as f:
+            _check_trusted(f.fileno(), path)
             digest, payload = f.readline().strip(), f.read()
         if hashlib.sha256(payload).hexdigest().encode() != digest:
             raise ValueError("its content does not match its digest")
@@ -123,8 +127,14 @@ class FunctionCache:
 
     def _evict(self):
         """Remove the least recently used entries while the cache exceeds `MAX_BYTES`."""
-        entries = sorted((e.stat().st_mtime, e.stat().st_size, e.path)
-                         for e in os.scandir(self.folder) if e.name.endswith(".pkl"))
+        entries = []
+        for entry in os.scandir(self.folder):
+            if not entry.name.endswith(".pkl"):
+                continue  # e.g. another process's file being written
+            with contextlib.suppress(FileNotFoundError):  # another process was first
+                info = entry.stat()
+                entries.append((info.st_mtime, info.st_size, entry.path))
+        entries.sort()
         total = sum(size for _, size, _ in entries)
         for _, size, path in entries[:-1]:
             if total <= MAX_BYTES:

@@ -47,10 +47,6 @@ class Posterior:
     def has_flow(self):
         return self.kind in ("iaf1", "iaf2")
 
-    @property
-    def samples_bottom_up(self):
-        return self.where == "up"
-
 
 def _choice(what, value, valid):
     key = value.lower() if isinstance(value, str) else value

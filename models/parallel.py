@@ -44,7 +44,7 @@ class Processes:
         return np.array_split(np.asarray(items), self.size)[self.rank]
 
     def sum_(self, buffer):
-        """Replace a float32 array by its sum over all ranks, in place."""
+        """Replace a numeric array by its sum over all ranks, in place."""
         if self._comm is not None:
             self._comm.Allreduce(self._mpi.IN_PLACE, buffer, op=self._mpi.SUM)
 
@@ -61,14 +61,14 @@ class Processes:
         """Every rank's value of a small object, in rank order, on every rank."""
         return [value] if self._comm is None else self._comm.allgather(value)
 
-    def check_identical(self, buffer, what):
-        """Stop with an error if ``buffer`` differs between ranks (a checksum compared)."""
-        checksums = self.gather(zlib.crc32(np.ascontiguousarray(buffer).view(np.uint8)))
+    def check_identical(self, array, what, advice):
+        """Stop with an error (``what`` differ ...; ``advice``) if ``array`` differs between
+        ranks (a checksum compared)."""
+        checksums = self.gather(zlib.crc32(np.ascontiguousarray(array).view(np.uint8)))
         if len(set(checksums)) > 1:
             differing = [r for r, c in enumerate(checksums) if c != checksums[0]]
-            raise ParallelError(f"the {what} of rank(s) {differing} differ from rank 0's: the "
-                                f"ranks no longer train one model (a faulty machine or MPI "
-                                f"library?); resume from the last checkpoint")
+            raise ParallelError(f"the {what} of rank(s) {differing} differ from rank 0's; "
+                                f"{advice}")
 
     def abort(self, code):
         """End every rank at once (after an error on this one)."""

@@ -273,6 +273,11 @@ class ResNetVAE:
     def masked_convs(self):
         return [conv for layer in self.layers.values() for conv in layer.masked_convs]
 
+    @property
+    def bits_per_nat(self):
+        """Nats per image to bits per dimension (the padded image's, docs/model.md §8)."""
+        return 1.0 / (np.prod(self.shape_x) * math.log(2.0))
+
     def latent_shapes(self):
         """Shape ``(n_z, height, width)`` of each layer's z, in layer order."""
         _, height, width = self.shape_x
@@ -345,7 +350,7 @@ class ResNetVAE:
             logpx = bernoulli_logps(xf, mean).sum(axis=(1, 2, 3))
         kl_total = sum(kl.sum(axis=(1, 2, 3)) for kl in kls.values())
         kl_term = sum(self._kl_term(kl) for kl in kls.values())
-        bits = np.float32(1.0 / (np.prod(self.shape_x) * math.log(2.0)))
+        bits = np.float32(self.bits_per_nat)
         results = OrderedDict((f"cost_z{i:03d}_{j:03d}", kl.sum(axis=(1, 2, 3)))
                               for (i, j), kl in kls.items())
         # The original reports bits/dim for the logistic likelihood and nats for Bernoulli.

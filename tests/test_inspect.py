@@ -69,8 +69,9 @@ def test_a_layer_forced_onto_its_prior_has_no_kl_and_no_active_units(model):
     q = p = N(0, 1) there, whatever the image."""
     import train
 
-    layer = model.layers[1, 0]
     weights = model.get_weights()
+    model = ResNetVAE(ModelConfig(**TINY), seed=2)  # a copy, to change
+    layer = model.layers[1, 0]
     for conv, parts in ((layer.up_conv1, layer.up_parts), (layer.down_conv1, layer.down_parts)):
         start = 0
         for name, n in parts.sizes.items():
