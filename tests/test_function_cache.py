@@ -73,11 +73,19 @@ def test_a_loaded_function_computes_with_the_loading_models_parameters(cache_fol
     np.testing.assert_array_equal(evaluation(second), compiled)
 
 
+def replace_with_link(path):
+    """Moves the entry aside (intact) and leaves a symbolic link to it in its place."""
+    target = path.with_suffix(".elsewhere")
+    path.rename(target)
+    path.symlink_to(target)
+
+
 @pytest.mark.parametrize("damage,reason", [
     (lambda p: p.write_bytes(p.read_bytes()[:-100]), "does not match its digest"),
     (lambda p: p.write_bytes(b"not a pickle"), "does not match its digest"),
     (lambda p: p.chmod(0o666), "is writable by other users"),
     (lambda p: os.chown(p, 65534, -1), "belongs to another user"),
+    (lambda p: replace_with_link(p), "Too many levels of symbolic links"),
 ])
 def test_a_damaged_or_foreign_entry_is_compiled_afresh_saying_why(cache_folder, filled,
                                                                   damage, reason):
