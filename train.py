@@ -207,15 +207,20 @@ def minibatches(n_images, n_batch):
     return [(start, min(start + n_batch, n_images)) for start in range(0, n_images, n_batch)]
 
 
-def evaluate_minibatches(model, x, n_batch, purpose, first_step=0):
-    """Evaluation outputs of every minibatch of ``x`` (in order, as one list on every rank,
-    each rank computing its share): minibatch ``b`` gets the noise of step
-    ``first_step + b``, so the same weights always give the same numbers."""
-    batches, mine = minibatches(len(x), n_batch), []
+def my_minibatches(model, x, n_batch, purpose, first_step=0):
+    """``(images, noise)`` of this rank's share of the minibatches of ``x``: minibatch
+    ``b`` gets the noise of step ``first_step + b``, so the same weights always give the
+    same numbers, however many ranks share the work."""
+    batches = minibatches(len(x), n_batch)
     for b in processes.share(range(len(batches))):
         start, stop = batches[b]
-        noise = model.noise(purpose, first_step + b, range(stop - start))
-        mine.append(model.evaluate(x[start:stop], noise))
+        yield x[start:stop], model.noise(purpose, first_step + b, range(stop - start))
+
+
+def evaluate_minibatches(model, x, n_batch, purpose, first_step=0):
+    """Evaluation outputs of every minibatch of ``x``, in order, as one list on every rank."""
+    mine = [model.evaluate(*batch) for batch in
+            my_minibatches(model, x, n_batch, purpose, first_step)]
     return [results for share in processes.gather(mine) for results in share]
 
 
@@ -516,7 +521,8 @@ def resume_run(folder, cfg, sacred_run):
     state = run.model.training_state()  # rank 0's, sent to the others
     for name in sorted(state):
         processes.broadcast_(state[name])
-    run.model.set_training_state(state)
+    if not processes.is_main:
+        run.model.set_training_state(state)
     if processes.is_main:
         trim_results(folder, {epoch for epoch, _ in run.state.history["test"]})
     print(f"Resuming {folder} at epoch {run.state.epoch}, image {run.state.images_done}")
@@ -579,10 +585,8 @@ def latent_layers(model, x, n_batch, elbo):
     shapes = model.latent_shapes()
     sizes = [2 * int(np.prod(s)) + s[0] for s in shapes]  # mean, mean^2, KL per map
     totals = np.zeros(sum(sizes))
-    batches = minibatches(len(x), n_batch)
-    for b in processes.share(range(len(batches))):
-        start, stop = batches[b]
-        layers = model.latents(x[start:stop], model.noise("eval", b, range(stop - start)))
+    for batch in my_minibatches(model, x, n_batch, "eval"):
+        layers = model.latents(*batch)
         totals += np.concatenate([part.sum(axis=0) for mean, kl in layers for part in
                                   (mean.astype(np.float64), mean.astype(np.float64) ** 2, kl)])
     processes.sum_(totals)
