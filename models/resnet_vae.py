@@ -418,13 +418,15 @@ class ResNetVAE:
     def gradient(self, x, eps):
         """Per-image cost of minibatch ``x`` with posterior noise ``eps``, and the flat
         vector ``[gradient of the summed cost, summed cost, 0, 0]`` (see
-        `AdaMaxPolyak.gradient`): valid until the next call."""
+        `AdaMaxPolyak.flat_gradient`): valid until the next call."""
         def build():
             xs, es = self._inputs()
             cost = self._graph(xs, es, self.params)["cost"]
-            flat = self.optimiser.gradient(cost.sum())
-            return theano.function([xs] + es, [cost, theano.Out(flat, borrow=True)]), None
-        return self._function("gradient", build)[0](x, *eps)
+            grads = self.optimiser.gradients(cost.sum())
+            outputs = [cost, cost.sum()] + [theano.Out(g, borrow=True) for g in grads]
+            return theano.function([xs] + es, outputs), None
+        cost, total, *grads = self._function("gradient", build)[0](x, *eps)
+        return cost, self.optimiser.flat_gradient(grads, total)
 
     def apply_gradient(self, flat):
         """One AdaMax step with a flat gradient from `gradient` (or a sum of them); False
