@@ -24,8 +24,6 @@ later value of a key win) and skips any key the user set in ``.theanorc``:
   error messages that say where a node came from; that is a third of building the Table 3
   model (4.2 s -> 2.9 s) and 0.7 s of loading its cached training step. Set it to 8
   (Theano's default) when debugging a graph.
-
-It also tells glibc's allocator to keep freed memory in the process (`keep_freed_memory`).
 """
 import configparser
 import ctypes
@@ -83,29 +81,7 @@ def default_flags():
     return flags
 
 
-def keep_freed_memory():
-    """Serve every allocation from the heap and never give freed memory back to the system.
-
-    Theano allocates each node's output afresh on every call. By default glibc maps arrays
-    over 128 KB to new pages and unmaps them when freed, so every step pays a page fault
-    per 4 KB of its large arrays again (Table 3: 0.7 s of a 6.6 s step, 0.6 s of it in the
-    171 MB gradient vector). With mmap off and no trimming, a step reuses the memory the
-    previous one freed; the peak is unchanged. Skipped where the user set glibc's own
-    ``MALLOC_*_`` or ``GLIBC_TUNABLES`` variables, and on systems without glibc.
-    """
-    if "GLIBC_TUNABLES" in os.environ or any(k.startswith("MALLOC_") for k in os.environ):
-        return
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return
-    m_trim_threshold, m_mmap_max = -1, -4  # from glibc's <malloc.h>
-    mallopt(m_mmap_max, 0)
-    mallopt(m_trim_threshold, 2 ** 31 - 1)
-
-
 def configure():
-    keep_freed_memory()
     if "theano" in sys.modules:  # too late to change flags: whoever imported it decided
         warnings.warn("Theano was imported before layers.backend, so this project's Theano "
                       "settings (floatX=float32, BLAS, compile directory) are not applied")
