@@ -693,10 +693,13 @@ def main(argv):
         ex.run_commandline(argv)
     except BaseException as end:  # an error (SystemExit(1)) or a second Ctrl-C
         if processes.size > 1 and not (isinstance(end, SystemExit) and not end.code):
-            if not processes.is_main:
-                time.sleep(2)  # if rank 0 failed too, let it say why first
+            # The other ranks may be waiting for this one, so abort them all. mpiexec
+            # forwards output asynchronously and stops forwarding at an abort: give rank
+            # 0's message a second to get out, and other ranks wait longer so that rank
+            # 0, if it failed too, says why first.
             sys.stderr.flush()
-            processes.abort(1)  # the other ranks may be waiting for this one
+            time.sleep(1 if processes.is_main else 2)
+            processes.abort(1)
         raise
 
 
