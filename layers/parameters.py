@@ -61,9 +61,6 @@ class FlatParameters:
     def keys(self):
         return self.shapes.keys()
 
-    def items(self):
-        return ((name, self[name]) for name in self.shapes)
-
     @property
     def buffer(self):
         """The flat float32 array the graphs read (not a copy: writes to it are seen)."""

@@ -422,8 +422,9 @@ class ResNetVAE:
         def build():
             xs, es = self._inputs()
             cost = self._graph(xs, es, self.params)["cost"]
-            grads = self.optimiser.gradients(cost.sum())
-            outputs = [cost, cost.sum()] + [theano.Out(g, borrow=True) for g in grads]
+            total = cost.sum()
+            grads = self.optimiser.gradients(total)
+            outputs = [cost, total] + [theano.Out(g, borrow=True) for g in grads]
             return theano.function([xs] + es, outputs), None
         cost, total, *grads = self._function("gradient", build)[0](x, *eps)
         return cost, self.optimiser.flat_gradient(grads, total)
