@@ -46,25 +46,31 @@ for _name, _updates in NAMED_CONFIGS.items():
     ex.add_named_config(_name, _updates)
 
 
+# Model options the original also takes at the top level (n_h sets n_h1 and n_h2);
+# their defaults are ModelConfig's, and margs is derived from them.
+MODEL_DEFAULTS = default_options()
+MODEL_SHORTCUTS = ("px", "pad_x", "shape_x", "n_z", "n_h1", "n_h2", "depths")
+
+
 @ex.config
 def config():
     problem = "cifar10"  # 'cifar10' (from $CIFAR10_PATH) or 'toy' (generated, no download)
     n_batch = 16  # minibatch size
     n_reporting = 10  # epochs between reports (after epochs 0..10)
     n_epochs = 0  # stop after this many epochs; 0 = never, as the original
-    px = "logistic"
-    pad_x = 0
-    shape_x = (3, 32, 32)
-    n_h = 160
-    n_z = 32
+    px = MODEL_DEFAULTS["px"]
+    pad_x = MODEL_DEFAULTS["pad_x"]
+    shape_x = MODEL_DEFAULTS["shape_x"]
+    n_h = MODEL_DEFAULTS["n_h1"]
+    n_z = MODEL_DEFAULTS["n_z"]
     n_h1 = n_h
     n_h2 = n_h
     n_train = 0  # > 0: use only the first n_train training AND test images
     model_type = "cvae1"
-    depths = [2, 2]
+    depths = MODEL_DEFAULTS["depths"]
     # The model's options (models/config.py), from the values above; margs.KEY=... sets one.
-    margs = default_options(shape_x=shape_x, depths=depths, n_h1=n_h1, n_h2=n_h2, n_z=n_z,
-                            px=px, pad_x=pad_x)
+    margs = default_options(px=px, pad_x=pad_x, shape_x=shape_x, n_z=n_z, n_h1=n_h1,
+                            n_h2=n_h2, depths=depths)
     save_model = True  # also keep weights_best.ndict.tar.gz
     load_model_path = None  # a folder holding weights.ndict.tar.gz to start from
     load_model_complete = True  # False: tolerate parameters missing from that file
@@ -157,8 +163,7 @@ def build_model(cfg):
 
 # The config entries that define the model; a run saves its config (config.json), and
 # commands that inspect a run also take the data it was evaluated on from it.
-MODEL_KEYS = ("model_type", "shape_x", "px", "pad_x", "n_h", "n_z", "n_h1", "n_h2", "depths",
-              "margs")
+MODEL_KEYS = ("model_type", "n_h", "margs") + MODEL_SHORTCUTS
 DATA_KEYS = ("problem", "n_train", "n_batch", "seed")
 
 
@@ -207,41 +212,37 @@ def minibatches(n_images, n_batch):
     return [(start, min(start + n_batch, n_images)) for start in range(0, n_images, n_batch)]
 
 
-def my_minibatches(model, x, n_batch, purpose, first_step=0):
-    """``(images, noise)`` of this rank's share of the minibatches of ``x``: minibatch
-    ``b`` gets the noise of step ``first_step + b``, so the same weights always give the
-    same numbers, however many ranks share the work."""
+def my_minibatches(model, x, n_batch, purpose, sample=0):
+    """``(images, noise)`` of this rank's share of the minibatches of ``x``. An image's
+    noise is keyed by its index in ``x`` (and by ``sample``, for several draws), so the
+    same weights give the same numbers for any ``n_batch`` and any number of ranks."""
     batches = minibatches(len(x), n_batch)
     for b in processes.share(range(len(batches))):
         start, stop = batches[b]
-        yield x[start:stop], model.noise(purpose, first_step + b, range(stop - start))
+        yield x[start:stop], model.noise(purpose, sample, range(start, stop))
 
 
-def evaluate_minibatches(model, x, n_batch, purpose, first_step=0):
-    """Evaluation outputs of every minibatch of ``x``, in order, as one list on every rank."""
+def evaluate_images(model, x, n_batch, purpose="eval", sample=0):
+    """Every evaluation output for every image of ``x``, in image order, on every rank."""
     mine = [model.evaluate(*batch) for batch in
-            my_minibatches(model, x, n_batch, purpose, first_step)]
-    return [results for share in processes.gather(mine) for results in share]
+            my_minibatches(model, x, n_batch, purpose, sample)]
+    results = [r for share in processes.gather(mine) for r in share]
+    return {key: np.concatenate([r[key] for r in results]) for key in results[0]}
 
 
 def evaluate_set(model, x, n_batch):
-    """Mean of every evaluation output over ``x``, summed in minibatch order."""
-    sums = {}
-    for results in evaluate_minibatches(model, x, n_batch, "eval"):
-        for key, value in results.items():
-            sums[key] = sums.get(key, 0.0) + float(value.sum())
-    return {key: total / len(x) for key, total in sums.items()}
+    """Mean of every evaluation output over the images of ``x`` (in float64, image order)."""
+    return {key: float(values.astype(np.float64).mean())
+            for key, values in evaluate_images(model, x, n_batch).items()}
 
 
 def estimate_marglik(model, x, n_batch, n_samples):
     """Importance-sampled ``-log p(x)`` in bits/dim: log-mean-exp over K posterior samples
     of ``log p(x|z) + log p(z) - log q(z|x)`` per image (free bits never enter it)."""
-    n_batches = len(minibatches(len(x), n_batch))
     log_sum = -np.inf  # per image, log of the sum of the importance weights so far
     for k in range(n_samples):
-        results = evaluate_minibatches(model, x, n_batch, "marglik", k * n_batches)
-        log_w = np.concatenate([r["log_weight"] for r in results]).astype(np.float64)
-        log_sum = np.logaddexp(log_sum, log_w)
+        log_w = evaluate_images(model, x, n_batch, "marglik", k)["log_weight"]
+        log_sum = np.logaddexp(log_sum, log_w.astype(np.float64))
         bits = -(log_sum - np.log(k + 1)).mean() * model.bits_per_nat
         print(f"Estimate of -log p(x) after {k + 1} samples: {bits:.5f} bits/dim")
     return bits
@@ -255,6 +256,7 @@ class LoopState:
     counters (docs/model.md §9), so no random generator state is kept."""
     epoch: int = 0  # the epoch under way
     images_done: int = 0  # images of this epoch's order trained on so far
+    steps: int = 0  # training steps taken since the run began (the metrics' step)
     cost_sum: float = 0.0  # their summed training cost
     skipped: int = 0  # non-finite steps skipped (skip_nonfinite=True)
     best: Optional[float] = None  # best test cost so far
@@ -286,6 +288,9 @@ class Progress:
 # The flat gradient's free slots: the ranks' flags, summed with it in the step's one
 # all-reduce (docs/model.md §11).
 STOP, CHECKPOINT = FREE_SLOTS
+# train.running_cost goes to sacred's observers this often per epoch (at every tenth of
+# it), so that a days-long run logs a number of values that grows with epochs, not steps.
+RUNNING_COST_LOGS_PER_EPOCH = 10
 
 
 class Run:
@@ -300,11 +305,16 @@ class Run:
         self.stop_signal = None
         self.last_checkpoint = time.time()
 
-    def save(self):
-        """Checkpoint, once every rank is seen to hold the same parameters."""
+    def check_ranks_agree(self):
+        """Stop with an error if the ranks' parameters differ (a checksum compared), before
+        anything is written from them."""
         processes.check_identical(self.model.params.buffer, "parameters", "the ranks no "
                                   "longer train one model (a faulty machine or MPI library?): "
                                   "resume from the last checkpoint")
+
+    def save(self):
+        """Checkpoint, once every rank is seen to hold the same parameters."""
+        self.check_ranks_agree()
         if processes.is_main:
             meta = {"config": self.cfg, "loop": dataclasses.asdict(self.state)}
             save_checkpoint(self.folder, self.model.training_state(), meta)
@@ -357,11 +367,13 @@ class Run:
                 self.non_finite_step()
             else:
                 state.cost_sum += float(flat[COST])
-            state.images_done = int(positions[-1]) + 1
+            state.images_done, state.steps = int(positions[-1]) + 1, state.steps + 1
             running = state.cost_sum / state.images_done
             progress.update(state.images_done, running)
-            self.sacred_run.log_scalar("train.running_cost", running,
-                                       state.epoch * len(order) + state.images_done)
+            points = [RUNNING_COST_LOGS_PER_EPOCH * done // len(order)
+                      for done in (start, state.images_done)]
+            if points[1] > points[0]:  # this step passed one of the epoch's logging points
+                self.sacred_run.log_scalar("train.running_cost", running, state.steps)
             if flat[STOP]:
                 self.save()
                 print(f"Stopped by {self.stop_signal or 'a signal to another rank'} at epoch "
@@ -394,6 +406,7 @@ class Run:
         state.history["kl"].append([state.epoch, kl])
         is_best = state.best is None or results["cost"] < state.best
         state.best = results["cost"] if is_best else state.best
+        self.check_ranks_agree()
         weights = model.get_weights()
         logsd = float(weights.get("logsd_x", 0.0))
         for name, value in [("test.cost", results["cost"]), ("test.elbo", results["elbo"]),
@@ -443,18 +456,29 @@ def trim_results(folder, reported_epochs):
 
 
 class Tee:
-    """Write console output to a log file too."""
+    """Write console output to a log file too; if the log cannot be written (a full disk),
+    say so once and go on with the console alone."""
 
     def __init__(self, stream, path):
-        self.stream, self.file = stream, open(path, "a", buffering=1)
+        self.stream, self.path, self.file = stream, path, open(path, "a", buffering=1)
 
     def write(self, text):
         self.stream.write(text)
-        self.file.write(text)
+        self._to_file(self.file.write, text)
 
     def flush(self):
         self.stream.flush()
-        self.file.flush()
+        self._to_file(self.file.flush)
+
+    def _to_file(self, method, *args):
+        if self.file.closed:
+            return
+        try:
+            method(*args)
+        except OSError as err:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.stream.write(f"warning: stopped logging to {self.path} ({err.strerror})\n")
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
@@ -559,11 +583,14 @@ def train(_config, _run):
         with stop_on_signals(run):
             if not cfg["resume"]:
                 initialise(run.model, cfg, run.train_x[:cfg["n_batch"]])
-                if cfg["est_marglik"] > 0:
-                    data = run.test_x if cfg["est_marglik_data"] == "valid" else run.train_x
-                    return estimate_marglik(run.model, data, cfg["n_batch"], cfg["est_marglik"])
+                if cfg["est_marglik"] > 0:  # the original's way to evaluate saved weights
+                    return evaluate_model(run.model, cfg, run.train_x, run.test_x)
             print("Training (the first minibatch compiles the training step)")
-            run.train()
+            try:
+                run.train()
+            except OSError as err:  # a full disk: the failed write changed nothing
+                raise Error(f"{err}; the run stopped and its last checkpoint is intact: make "
+                            f"room, then continue with python train.py with resume={folder}")
         return run.state.best
 
 
@@ -612,27 +639,32 @@ def print_layers(report):
               f"{r['active_units']:>10d}/{r['units']:<5d}")
 
 
+def evaluate_model(model, cfg, train_x, test_x):
+    """Bits/dim of the model on ``est_marglik_data``'s images, what each latent layer
+    carries and, with ``est_marglik=K``, the importance-sampled -log p(x); the last line
+    printed is JSON for scripts."""
+    data = test_x if cfg["est_marglik_data"] == "valid" else train_x
+    results = evaluate_set(model, data, cfg["n_batch"])
+    summary = {"cost": results["cost"], "elbo": results["elbo"], "n_images": len(data)}
+    print(f"cost (the original's bits/dim, free bits applied): {results['cost']:.5f}")
+    print(f"-ELBO (bits/dim): {results['elbo']:.5f}")
+    summary["layers"] = latent_layers(model, data, cfg["n_batch"], results["elbo"])
+    print_layers(summary["layers"])
+    if cfg["est_marglik"] > 0:
+        summary["marglik"] = estimate_marglik(model, data, cfg["n_batch"], cfg["est_marglik"])
+        summary["est_marglik"] = cfg["est_marglik"]
+    print(json.dumps(summary))
+    return summary
+
+
 @ex.command
 def evaluate(_config, _run):
-    """Test bits/dim of saved weights, and what each latent layer carries; the last line
-    is JSON for scripts."""
+    """Test bits/dim of saved weights, and what each latent layer carries."""
     with user_errors():
         cfg, model = trained_model(_config, _run)
         train_x, test_x = get_data(cfg)
-        data = test_x if cfg["est_marglik_data"] == "valid" else train_x
         initialise(model, cfg, train_x[:cfg["n_batch"]])
-        results = evaluate_set(model, data, cfg["n_batch"])
-        summary = {"cost": results["cost"], "elbo": results["elbo"], "n_images": len(data)}
-        print(f"cost (the original's bits/dim, free bits applied): {results['cost']:.5f}")
-        print(f"-ELBO (bits/dim): {results['elbo']:.5f}")
-        summary["layers"] = latent_layers(model, data, cfg["n_batch"], results["elbo"])
-        print_layers(summary["layers"])
-        if cfg["est_marglik"] > 0:
-            summary["marglik"] = estimate_marglik(model, data, cfg["n_batch"],
-                                                  cfg["est_marglik"])
-            summary["est_marglik"] = cfg["est_marglik"]
-        print(json.dumps(summary))
-        return summary
+        return evaluate_model(model, cfg, train_x, test_x)
 
 
 def save_images(folder, name, images, n_cols):

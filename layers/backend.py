@@ -81,6 +81,15 @@ def default_flags():
     return flags
 
 
+# Set by the launchers of Open MPI (OMPI_*), MPICH/Hydra (PMI_*) and PMIx-based ones.
+MPI_LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
+
+
+def started_by_mpiexec():
+    """Whether an MPI launcher started this process (a rank of an MPI run)."""
+    return any(v in os.environ for v in MPI_LAUNCHER_VARIABLES)
+
+
 def configure():
     if "theano" in sys.modules:  # too late to change flags: whoever imported it decided
         warnings.warn("Theano was imported before layers.backend, so this project's Theano "
@@ -90,7 +99,7 @@ def configure():
     ours = [f"{k}={v}" for k, v in default_flags().items() if k not in user_keys]
     user = os.environ.get("THEANO_FLAGS", "")
     os.environ["THEANO_FLAGS"] = ",".join(ours + ([user] if user else []))
-    theano_patches.before_import()
+    theano_patches.before_import(mpi_allowed=started_by_mpiexec())
 
 
 configure()

@@ -9,6 +9,7 @@ import numpy as np
 
 from .backend import CUSTOM_OPS, T, floatX
 from .gemm_conv import gemm_conv2d
+from .nonlinearities import ELU, plain_elu
 from .weight_norm import weight_norm
 
 
@@ -85,9 +86,10 @@ class Conv2d:
     init_target_std = 0.1
     init_eps = 1e-7
     norm_eps = 0.0
-    # Our C ops: stride-1 convolutions on the batched-GEMM op (gemm_conv.py) and the
-    # weight norm as one op (weight_norm.py); same sums, much faster on CPU. False gives
-    # plain Theano expressions and conv2d, the version they are tested against.
+    # Our C ops: stride-1 convolutions (with an ELU input, the pad channel and the bias)
+    # on the batched-GEMM op (gemm_conv.py) and the weight norm as one op (weight_norm.py);
+    # same sums, much faster on CPU. False gives plain Theano expressions and conv2d, the
+    # version they are tested against.
     custom_ops = CUSTOM_OPS
     taps = None  # kernel positions (flat i * kw + j) that can be nonzero; None: all
 
@@ -121,29 +123,33 @@ class Conv2d:
         norm = T.sqrt(T.sqr(v).sum(axis=(1, 2, 3), keepdims=True))
         return v / (norm + self.norm_eps) * T.exp(3 * s).dimshuffle(0, "x", "x", "x")
 
-    def convolve(self, x, kernel):
-        """Zero-padded convolution of x with the kernel, at this layer's stride."""
-        if self.downsample == 1 and self.custom_ops:
-            return gemm_conv2d(x, kernel, self.taps)
-        stride = (self.downsample, self.downsample)
-        return T.nnet.conv2d(x, kernel, border_mode=self.pad, subsample=stride)
-
     def __call__(self, x, w):
-        kernel = self.kernel(w)
-        stride = (self.downsample, self.downsample)
-        if self.has_pad_channel:
-            # The pad channel is constant, so its contribution is a fixed border term:
-            # convolve it once as a 1-image batch and broadcast, instead of concatenating
-            # a channel to every input (same sum, far less memory traffic).
-            border = border_image(x.shape[2], x.shape[3], *self.pad)
-            h = self.convolve(x, kernel[:, :-1])
-            border_term = T.nnet.conv2d(border, kernel[:, -1:], subsample=stride)
-            h = h + T.addbroadcast(border_term, 0)
+        kernel, b = self.kernel(w), w[self.b_name]
+        one_op = self.custom_ops and self.downsample == 1
+        elu_input = x.owner is not None and isinstance(x.owner.op, ELU)
+        if elu_input and one_op:
+            x = x.owner.inputs[0]  # the op applies ELU itself
+        elif elu_input and not self.custom_ops:
+            x = plain_elu(x.owner.inputs[0])  # the version the ops are tested against
+        if one_op:
+            # The convolution of elu(x) (or x), the pad channel's border term and the
+            # bias in one op, with all three in its gradients' passes too.
+            h = gemm_conv2d(x, kernel, b, self.taps, elu_input, self.has_pad_channel)
         else:
-            h = self.convolve(x, kernel)
-        h = h + w[self.b_name].dimshuffle("x", 0, "x", "x")
+            h = self.plain_convolution(x, kernel) + b.dimshuffle("x", 0, "x", "x")
         if isinstance(w, DataInit):
             h = w.normalise(self, h, self.init_target_std, self.init_eps)
         if self.upsample > 1:
             h = depth_to_space(h, self.upsample)
         return h
+
+    def plain_convolution(self, x, kernel):
+        """The convolution with Theano's conv2d, the pad channel as a fixed border term:
+        convolved once as a 1-image batch and broadcast, instead of concatenated to every
+        input (the same sum, far less memory traffic)."""
+        stride = (self.downsample, self.downsample)
+        if not self.has_pad_channel:
+            return T.nnet.conv2d(x, kernel, border_mode=self.pad, subsample=stride)
+        border = border_image(x.shape[2], x.shape[3], *self.pad)
+        h = T.nnet.conv2d(x, kernel[:, :-1], border_mode=self.pad, subsample=stride)
+        return h + T.addbroadcast(T.nnet.conv2d(border, kernel[:, -1:], subsample=stride), 0)

@@ -1,46 +1,75 @@
-/* Batched im2col + GEMM convolution, support code of the ops in gemm_conv.py.
+/* Batched im2col + GEMM convolution layer, support code of the ops in gemm_conv.py.
  *
- * The convolution is Theano's conv2d(x, w, border_mode='half'): stride 1, zero padding of
- * (k - 1) / 2, filters flipped (a true convolution):
- *     y[n, f, p, q] = sum_{c, i, j} w[f, c, i, j] * x[n, c, p + ph - i, q + pw - j].
+ * The layer is Theano's conv2d(a(x), w, border_mode='half') plus a bias: stride 1, zero
+ * padding of (k - 1) / 2, filters flipped (a true convolution),
+ *     y[n, f, p, q] = sum_{c, i, j} w[f, c, i, j] * a(x)[n, c, p + ph - i, q + pw - j]
+ *                     + border[f, p, q] + b[f],
+ * where a is the identity or ELU, and, when the kernel has a pad channel (one input
+ * channel more than x, its last), border[f, p, q] is that channel's convolution with an
+ * image that is 1 on the zero padding and 0 inside (docs/model.md §2): a fixed border term.
  * The column matrix of a group of images has one row per (c, i, j) and one column per
  * (n, p, q), so each pass is a few large GEMMs with w viewed as an (F, C*kh*kw) matrix.
  * A masked (autoregressive) convolution has kernel taps that are zero for every filter;
  * the column matrix then holds only the other taps, which saves their multiply-adds.
  * All arrays are C-contiguous float32, N > 0. Functions return 0, or -1 when out of memory.
+ * iaf_elu and iaf_elu_slope come from c_support.py.
  */
 
-/* The kernel taps (flat index i * kw + j) in the column matrix: all kh * kw of them when
- * index is NULL, else the n listed. */
-typedef struct { int kh, kw, n; const int* index; } iafconv_taps;
+/* The shape of the layer: N images of C channels, H x W pixels, F filters; the kernel taps
+ * (flat index i * kw + j) in the column matrix: all kh * kw of them when index is NULL,
+ * else the n listed; whether the input goes through ELU first, and whether the kernel has
+ * a pad channel (then its rows hold C + 1 channels). */
+typedef struct {
+    int N, C, H, W, F;
+    int kh, kw, n;
+    const int* index;
+    int elu_input, pad_channel;
+} iafconv_layer;
 
-static inline int iafconv_tap(const iafconv_taps* taps, int t)
+static inline int iafconv_tap(const iafconv_layer* L, int t)
 {
-    return taps->index ? taps->index[t] : t;
+    return L->index ? L->index[t] : t;
 }
 
-/* Where tap t reads the input: x[p + dy, q + dx] for output (p, q), valid for q0 <= q < q1. */
-static inline void iafconv_tap_offset(const iafconv_taps* taps, int t, int W, int* dy, int* dx,
-                                      int* q0, int* q1)
+/* Floats in one filter of the kernel, the pad channel included. */
+static inline long iafconv_filter_size(const iafconv_layer* L)
 {
-    const int k = iafconv_tap(taps, t), i = k / taps->kw, j = k % taps->kw;
-    *dy = (taps->kh - 1) / 2 - i;
-    *dx = (taps->kw - 1) / 2 - j;
+    return (long)(L->C + L->pad_channel) * L->kh * L->kw;
+}
+
+/* Where kernel tap k reads the input: x[p + dy, q + dx] for output (p, q); q0 <= q < q1
+ * is where that column lies inside the image. */
+static inline void iafconv_offset(const iafconv_layer* L, int k, int* dy, int* dx, int* q0,
+                                  int* q1)
+{
+    const int i = k / L->kw, j = k % L->kw;
+    *dy = (L->kh - 1) / 2 - i;
+    *dx = (L->kw - 1) / 2 - j;
     *q0 = *dx < 0 ? -*dx : 0;
-    *q1 = *dx > 0 ? W - *dx : W;
+    *q1 = *dx > 0 ? L->W - *dx : L->W;
+}
+
+/* The layer's input a(x) for images n0 .. n0 + nc: x itself, or its ELU in out. */
+static const float* iafconv_activated(const iafconv_layer* L, const float* x, int n0, int nc,
+                                      float* out)
+{
+    const long HW = (long)L->H * L->W, start = (long)n0 * L->C * HW, size = nc * L->C * HW;
+    if (!L->elu_input) return x + start;
+    for (long e = 0; e < size; ++e) out[e] = iaf_elu(x[start + e]);
+    return out;
 }
 
 /* cols[(c, t), (n, p, q)] = x[n, c, p + ph - i, q + pw - j] for tap t = (i, j), 0 outside
- * the image. */
-static void iafconv_im2col(const float* x, float* cols, int N, int C, int H, int W,
-                           const iafconv_taps* taps)
+ * the image; x holds nc images. */
+static void iafconv_im2col(const iafconv_layer* L, const float* x, float* cols, int nc)
 {
-    const long HW = (long)H * W, NHW = N * HW;
-    for (int r = 0; r < C * taps->n; ++r) {
-        const int c = r / taps->n;
+    const int C = L->C, H = L->H, W = L->W;
+    const long HW = (long)H * W, NHW = nc * HW;
+    for (int r = 0; r < C * L->n; ++r) {
+        const int c = r / L->n;
         int dy, dx, q0, q1;
-        iafconv_tap_offset(taps, r % taps->n, W, &dy, &dx, &q0, &q1);
-        for (int n = 0; n < N; ++n) {
+        iafconv_offset(L, iafconv_tap(L, r % L->n), &dy, &dx, &q0, &q1);
+        for (int n = 0; n < nc; ++n) {
             const float* src = x + ((long)n * C + c) * HW;
             float* dst = cols + r * NHW + n * HW;
             for (int p = 0; p < H; ++p, dst += W) {
@@ -57,21 +86,23 @@ static void iafconv_im2col(const float* x, float* cols, int N, int C, int H, int
     }
 }
 
-/* The adjoint of im2col: each pixel of x sums the column entries copied from it. */
-static void iafconv_col2im(const float* cols, float* x, int N, int C, int H, int W,
-                           const iafconv_taps* taps)
+/* The adjoint of im2col for nc images: each pixel of gx sums the column entries copied
+ * from it; then, for an ELU input, times ELU's slope at x. */
+static void iafconv_col2im(const iafconv_layer* L, const float* cols, const float* x,
+                           float* gx, int nc)
 {
-    const long HW = (long)H * W, NHW = N * HW;
+    const int C = L->C, H = L->H, W = L->W;
+    const long HW = (long)H * W, NHW = nc * HW;
     for (int c = 0; c < C; ++c) {
-        for (int n = 0; n < N; ++n)
-            memset(x + ((long)n * C + c) * HW, 0, HW * sizeof(float));
-        for (int t = 0; t < taps->n; ++t) {
-            const long r = (long)c * taps->n + t;
+        for (int n = 0; n < nc; ++n)
+            memset(gx + ((long)n * C + c) * HW, 0, HW * sizeof(float));
+        for (int t = 0; t < L->n; ++t) {
+            const long r = (long)c * L->n + t;
             int dy, dx, q0, q1;
-            iafconv_tap_offset(taps, t, W, &dy, &dx, &q0, &q1);
-            for (int n = 0; n < N; ++n) {
+            iafconv_offset(L, iafconv_tap(L, t), &dy, &dx, &q0, &q1);
+            for (int n = 0; n < nc; ++n) {
                 const float* src = cols + r * NHW + n * HW;
-                float* dst = x + ((long)n * C + c) * HW;
+                float* dst = gx + ((long)n * C + c) * HW;
                 for (int p = 0; p < H; ++p) {
                     const int sp = p + dy;
                     if (sp < 0 || sp >= H) continue;
@@ -82,24 +113,40 @@ static void iafconv_col2im(const float* cols, float* x, int N, int C, int H, int
             }
         }
     }
+    if (L->elu_input)
+        for (long e = 0; e < nc * C * HW; ++e) gx[e] *= iaf_elu_slope(x[e]);
 }
 
-/* The inverse: g (F, C, T) -> gw (F, C, kh * kw), zero at the unused taps. */
-static void iafconv_all_taps(const float* g, float* gw, int F, int C, const iafconv_taps* taps)
+/* table (kh kw, H W): 1 where kernel tap k reads the zero padding (where the pad channel
+ * is 1) for output pixel (p, q), else 0. */
+static void iafconv_padding_table(const iafconv_layer* L, float* table)
 {
-    const int KK = taps->kh * taps->kw;
-    memset(gw, 0, (size_t)F * C * KK * sizeof(float));
-    for (long fc = 0; fc < (long)F * C; ++fc)
-        for (int t = 0; t < taps->n; ++t)
-            gw[fc * KK + taps->index[t]] = g[fc * taps->n + t];
+    const long HW = (long)L->H * L->W;
+    for (int k = 0; k < L->kh * L->kw; ++k) {
+        int dy, dx, q0, q1;
+        iafconv_offset(L, k, &dy, &dx, &q0, &q1);
+        for (long pq = 0; pq < HW; ++pq) {
+            const long p = pq / L->W, q = pq % L->W;
+            table[k * HW + pq] = p + dy < 0 || p + dy >= L->H || q < q0 || q >= q1;
+        }
+    }
 }
 
-/* (A, B, L) -> (B, A, L): swaps the two leading axes, e.g. (n, F, HW) <-> (F, n, HW). */
-static void iafconv_swap_axes(const float* a, float* b, int A, int B, long L)
+/* border (F, H W): the pad channel's convolution, sum over the kernel's taps of the pad
+ * channel's weights where they read the padding (table); 0 without a pad channel. */
+static void iafconv_border(const iafconv_layer* L, const float* w, const float* table,
+                           float* border)
 {
-    for (int ia = 0; ia < A; ++ia)
-        for (int ib = 0; ib < B; ++ib)
-            memcpy(b + ((long)ib * A + ia) * L, a + ((long)ia * B + ib) * L, L * sizeof(float));
+    const long HW = (long)L->H * L->W, KK = L->kh * L->kw, R = iafconv_filter_size(L);
+    #pragma omp parallel for schedule(static)
+    for (int f = 0; f < L->F; ++f) {
+        float* out = border + f * HW;
+        for (long pq = 0; pq < HW; ++pq) out[pq] = 0.0f;
+        for (long k = 0; L->pad_channel && k < KK; ++k) {
+            const float weight = w[f * R + L->C * KK + k];
+            for (long pq = 0; pq < HW; ++pq) out[pq] += weight * table[k * HW + pq];
+        }
+    }
 }
 
 /* out = op(a) . op(b) with the column-major Fortran sgemm_; the callers pass row-major
@@ -121,15 +168,19 @@ extern "C" int openblas_get_num_threads(void) __attribute__((weak));
  * the number of threads, so results are the same bit for bit however the work is shared. */
 #define IAFCONV_COLUMNS 512
 
-static int iafconv_chunk_images(int N, long HW)
+static int iafconv_chunk_images(const iafconv_layer* L)
 {
+    const long HW = (long)L->H * L->W;
     long k = (IAFCONV_COLUMNS + HW - 1) / HW;
-    return (int)(k < N ? k : N);
+    return (int)(k < L->N ? k : L->N);
 }
 
 /* Work areas kept between calls (grown when needed), so that the hot loop does not map
- * fresh pages each time: the threads' scratch, partial sums, used-tap weights. */
-enum { IAFCONV_SCRATCH, IAFCONV_PARTIAL, IAFCONV_USED_TAPS, IAFCONV_BUFFERS };
+ * fresh pages each time: the threads' scratch, partial sums, used-tap weights, one
+ * (F, H W) map (the border term, or the output gradient summed over the images), and the
+ * padding table. */
+enum { IAFCONV_SCRATCH, IAFCONV_PARTIAL, IAFCONV_KERNEL, IAFCONV_MAP, IAFCONV_TABLE,
+       IAFCONV_BUFFERS };
 
 static float* iafconv_buffer(int which, size_t floats)
 {
@@ -143,26 +194,30 @@ static float* iafconv_buffer(int which, size_t floats)
     return buffers[which];
 }
 
-/* w (F, C, kh * kw) with only the used taps, (F, C, T): w itself when all are used, else
- * a copy in a work area. NULL when out of memory. */
-static const float* iafconv_used_taps(const float* w, int F, int C, const iafconv_taps* taps)
+/* The kernel as the GEMMs see it, (F, C T) with row stride *ld: w itself when every tap
+ * is used (rows skip the pad channel), else a copy of the used taps. NULL when out of
+ * memory. */
+static const float* iafconv_kernel(const iafconv_layer* L, const float* w, int* ld)
 {
-    if (!taps->index) return w;
-    float* out = iafconv_buffer(IAFCONV_USED_TAPS, (size_t)F * C * taps->n);
+    const long KK = L->kh * L->kw, R = iafconv_filter_size(L);
+    *ld = (int)R;
+    if (!L->index) return w;
+    float* out = iafconv_buffer(IAFCONV_KERNEL, (size_t)L->F * L->C * L->n);
     if (!out) return NULL;
-    const int KK = taps->kh * taps->kw;
-    for (long fc = 0; fc < (long)F * C; ++fc)
-        for (int t = 0; t < taps->n; ++t)
-            out[fc * taps->n + t] = w[fc * KK + taps->index[t]];
+    *ld = L->C * L->n;
+    for (long f = 0; f < L->F; ++f)
+        for (long c = 0; c < L->C; ++c)
+            for (int t = 0; t < L->n; ++t)
+                out[(f * L->C + c) * L->n + t] = w[f * R + c * KK + L->index[t]];
     return out;
 }
 
 /* Runs body(chunk, first image n0, images nc, thread scratch) for every chunk on all
  * threads; sets status to -1 when out of memory. */
-#define IAFCONV_FOR_CHUNKS(N, HW, scratch_floats, body)                                  \
+#define IAFCONV_FOR_CHUNKS(L, scratch_floats, body)                                     \
     do {                                                                                \
-        const int nc_ = iafconv_chunk_images(N, HW);                                    \
-        const int chunks_ = (N + nc_ - 1) / nc_;                                        \
+        const int nc_ = iafconv_chunk_images(L);                                        \
+        const int chunks_ = ((L)->N + nc_ - 1) / nc_;                                   \
         const int threads_ = chunks_ < omp_get_max_threads() ? chunks_ : omp_get_max_threads(); \
         const size_t per_thread_ = (scratch_floats);                                    \
         float* scratch_all_ = iafconv_buffer(IAFCONV_SCRATCH, per_thread_ * threads_);  \
@@ -171,82 +226,130 @@ static const float* iafconv_used_taps(const float* w, int F, int C, const iafcon
         if (openblas_set_num_threads) openblas_set_num_threads(1);                      \
         _Pragma("omp parallel for schedule(dynamic) num_threads(threads_)")             \
         for (int chunk = 0; chunk < chunks_; ++chunk) {                                 \
-            const int n0 = chunk * nc_, nc = n0 + nc_ <= N ? nc_ : N - n0;             \
+            const int n0 = chunk * nc_, nc = n0 + nc_ <= (L)->N ? nc_ : (L)->N - n0;    \
             float* scratch = scratch_all_ + per_thread_ * omp_get_thread_num();         \
             body                                                                        \
         }                                                                               \
         if (openblas_set_num_threads) openblas_set_num_threads(blas_threads_);          \
     } while (0)
 
-/* y (N, F, H, W) = conv(x (N, C, H, W), w (F, C, kh, kw)). */
-static int iafconv_forward(const float* x, const float* w, float* y, int N, int C, int H,
-                           int W, int F, const iafconv_taps* taps)
+/* Floats of one thread's scratch: the columns, the GEMM's (F, nc HW) side, a(x). */
+static size_t iafconv_scratch_floats(const iafconv_layer* L)
 {
-    const long HW = (long)H * W, K = (long)C * taps->n;
-    const long cols = iafconv_chunk_images(N, HW) * HW;
-    const float* wk = iafconv_used_taps(w, F, C, taps);
-    if (!wk) return -1;
+    const long cols = (long)iafconv_chunk_images(L) * L->H * L->W;
+    return (size_t)((long)L->C * L->n + L->F + (L->elu_input ? L->C : 0)) * cols;
+}
+
+/* y (N, F, H, W) = the layer on x (N, C, H, W) with kernel w (F, C [+ 1], kh, kw), bias b. */
+static int iafconv_forward(const iafconv_layer* L, const float* x, const float* w,
+                           const float* b, float* y)
+{
+    const long HW = (long)L->H * L->W, K = (long)L->C * L->n;
+    const long cols = iafconv_chunk_images(L) * HW;
+    int ld;
+    const float* wk = iafconv_kernel(L, w, &ld);
+    float* border = iafconv_buffer(IAFCONV_MAP, (size_t)L->F * HW);
+    float* table = iafconv_buffer(IAFCONV_TABLE, (size_t)L->kh * L->kw * HW);
+    if (!wk || !border || !table) return -1;
+    iafconv_padding_table(L, table);
+    iafconv_border(L, w, table, border);
     int status = 0;
-    IAFCONV_FOR_CHUNKS(N, HW, (K + F) * cols, {
+    IAFCONV_FOR_CHUNKS(L, iafconv_scratch_floats(L), {
         float* columns = scratch;
         float* y_fn = scratch + K * cols;
-        iafconv_im2col(x + n0 * C * HW, columns, nc, C, H, W, taps);
+        const float* a = iafconv_activated(L, x, n0, nc, y_fn + L->F * cols);
+        iafconv_im2col(L, a, columns, nc);
         /* y_fn (F, nc HW) = w (F, K) . columns (K, nc HW) */
-        iafconv_gemm('N', 'N', nc * HW, F, K, columns, nc * HW, wk, K, y_fn, nc * HW);
-        iafconv_swap_axes(y_fn, y + n0 * F * HW, F, nc, HW);
+        iafconv_gemm('N', 'N', nc * HW, L->F, K, columns, nc * HW, wk, ld, y_fn, nc * HW);
+        for (int n = 0; n < nc; ++n)
+            for (int f = 0; f < L->F; ++f) {
+                const float* src = y_fn + ((long)f * nc + n) * HW;
+                const float* add = border + f * HW;
+                float* dst = y + ((long)(n0 + n) * L->F + f) * HW;
+                for (long pq = 0; pq < HW; ++pq) dst[pq] = (src[pq] + add[pq]) + b[f];
+            }
     });
     return status;
 }
 
-/* gw (F, C, kh, kw) = d sum(gy * y) / dw, with gy (N, F, H, W) the gradient of y.
- * Each chunk's share goes to its own partial sum; they are added in chunk order. */
-static int iafconv_grad_weights(const float* x, const float* gy, float* gw, int N, int C,
-                                int H, int W, int F, const iafconv_taps* taps)
+/* gw (F, C [+ 1], kh, kw) and gb (F) = d sum(gy * y) / d(w, b), with gy (N, F, H, W) the
+ * gradient of y. Each chunk's share of the (F, C T) product goes to its own partial sum;
+ * they are added in chunk order. The pad channel's and the bias's gradients come from
+ * gy summed over the images and pixels (in double, as Theano's float32 sums). */
+static int iafconv_grad_weights(const iafconv_layer* L, const float* x, const float* gy,
+                                float* gw, float* gb)
 {
-    const long HW = (long)H * W, K = (long)C * taps->n;
-    const int nc_max = iafconv_chunk_images(N, HW), chunks = (N + nc_max - 1) / nc_max;
+    const long HW = (long)L->H * L->W, K = (long)L->C * L->n, KK = L->kh * L->kw;
+    const long R = iafconv_filter_size(L), FK = (long)L->F * K;
+    const int nc_max = iafconv_chunk_images(L), chunks = (L->N + nc_max - 1) / nc_max;
     const long cols = nc_max * HW;
-    /* One (F, K) partial sum per chunk, and their total (gw itself when all taps are used). */
-    float* partial = iafconv_buffer(IAFCONV_PARTIAL, (size_t)(chunks + 1) * F * K);
+    float* partial = iafconv_buffer(IAFCONV_PARTIAL, (size_t)chunks * FK);
     if (!partial) return -1;
     int status = 0;
-    IAFCONV_FOR_CHUNKS(N, HW, (K + F) * cols, {
+    IAFCONV_FOR_CHUNKS(L, iafconv_scratch_floats(L), {
         float* columns = scratch;
         float* gy_fn = scratch + K * cols;
-        iafconv_im2col(x + n0 * C * HW, columns, nc, C, H, W, taps);
-        iafconv_swap_axes(gy + n0 * F * HW, gy_fn, nc, F, HW);
+        const float* a = iafconv_activated(L, x, n0, nc, gy_fn + L->F * cols);
+        iafconv_im2col(L, a, columns, nc);
+        for (int n = 0; n < nc; ++n)  /* gy_fn (F, nc HW): the chunk's images, filter-major */
+            for (int f = 0; f < L->F; ++f)
+                memcpy(gy_fn + ((long)f * nc + n) * HW, gy + ((long)(n0 + n) * L->F + f) * HW,
+                       HW * sizeof(float));
         /* partial (F, K) = gy_fn (F, nc HW) . columns (K, nc HW)^T */
-        iafconv_gemm('T', 'N', K, F, nc * HW, columns, nc * HW, gy_fn, nc * HW,
-                     partial + chunk * F * K, K);
+        iafconv_gemm('T', 'N', K, L->F, nc * HW, columns, nc * HW, gy_fn, nc * HW,
+                     partial + chunk * FK, K);
     });
     if (status) return status;
-    float* sum = taps->index ? partial + chunks * F * K : gw;
+    /* g (F, H W): gy summed over the images, in double */
+    double* g = (double*)iafconv_buffer(IAFCONV_MAP, 2 * (size_t)L->F * HW);
+    float* table = iafconv_buffer(IAFCONV_TABLE, (size_t)KK * HW);
+    if (!g || !table) return -1;
+    iafconv_padding_table(L, table);
+    memset(gw, 0, (size_t)L->F * R * sizeof(float));
     #pragma omp parallel for schedule(static)
-    for (long e = 0; e < F * K; ++e) {
-        float total = partial[e];
-        for (int chunk = 1; chunk < chunks; ++chunk) total += partial[chunk * F * K + e];
-        sum[e] = total;
+    for (long f = 0; f < L->F; ++f) {
+        for (long k = 0; k < K; ++k) {
+            float total = partial[f * K + k];
+            for (int chunk = 1; chunk < chunks; ++chunk) total += partial[chunk * FK + f * K + k];
+            gw[f * R + (k / L->n) * KK + iafconv_tap(L, (int)(k % L->n))] = total;
+        }
+        double* gf = g + f * HW;
+        double bias = 0.0;
+        for (long pq = 0; pq < HW; ++pq) gf[pq] = 0.0;
+        for (int n = 0; n < L->N; ++n)
+            for (long pq = 0; pq < HW; ++pq) gf[pq] += gy[((long)n * L->F + f) * HW + pq];
+        for (long pq = 0; pq < HW; ++pq) bias += gf[pq];
+        gb[f] = (float)bias;
+        for (long k = 0; L->pad_channel && k < KK; ++k) {
+            double pad = 0.0;
+            for (long pq = 0; pq < HW; ++pq) pad += gf[pq] * table[k * HW + pq];
+            gw[f * R + L->C * KK + k] = (float)pad;
+        }
     }
-    if (taps->index) iafconv_all_taps(sum, gw, F, C, taps);
     return 0;
 }
 
 /* gx (N, C, H, W) = d sum(gy * y) / dx. */
-static int iafconv_grad_inputs(const float* w, const float* gy, float* gx, int N, int C,
-                               int H, int W, int F, const iafconv_taps* taps)
+static int iafconv_grad_inputs(const iafconv_layer* L, const float* w, const float* gy,
+                               const float* x, float* gx)
 {
-    const long HW = (long)H * W, K = (long)C * taps->n;
-    const long cols = iafconv_chunk_images(N, HW) * HW;
-    const float* wk = iafconv_used_taps(w, F, C, taps);
+    const long HW = (long)L->H * L->W, K = (long)L->C * L->n;
+    const long cols = iafconv_chunk_images(L) * HW;
+    int ld;
+    const float* wk = iafconv_kernel(L, w, &ld);
     if (!wk) return -1;
     int status = 0;
-    IAFCONV_FOR_CHUNKS(N, HW, (K + F) * cols, {
+    IAFCONV_FOR_CHUNKS(L, iafconv_scratch_floats(L), {
         float* columns = scratch;
         float* gy_fn = scratch + K * cols;
-        iafconv_swap_axes(gy + n0 * F * HW, gy_fn, nc, F, HW);
+        for (int n = 0; n < nc; ++n)
+            for (int f = 0; f < L->F; ++f)
+                memcpy(gy_fn + ((long)f * nc + n) * HW, gy + ((long)(n0 + n) * L->F + f) * HW,
+                       HW * sizeof(float));
         /* columns (K, nc HW) = w (F, K)^T . gy_fn (F, nc HW) */
-        iafconv_gemm('N', 'T', nc * HW, K, F, gy_fn, nc * HW, wk, K, columns, nc * HW);
-        iafconv_col2im(columns, gx + n0 * C * HW, nc, C, H, W, taps);
+        iafconv_gemm('N', 'T', nc * HW, K, L->F, gy_fn, nc * HW, wk, ld, columns, nc * HW);
+        const long start = (long)n0 * L->C * HW;
+        iafconv_col2im(L, columns, x ? x + start : NULL, gx + start, nc);
     });
     return status;
 }

@@ -1,18 +1,25 @@
-"""A faster stride-1 'half'-padded convolution for Theano on CPU: large GEMMs, all cores.
+"""A convolution layer for Theano on CPU as one op: large GEMMs on all cores, with the input's
+ELU, the pad channel's border term and the bias folded into the same passes.
 
-``gemm_conv2d(x, w)`` equals ``T.nnet.conv2d(x, w, border_mode='half')`` up to float32
-rounding. Theano's CPU convolution (CorrMM) runs im2col and a GEMM one image at a time; at
-the model's 16x16 and 8x8 feature maps those GEMMs have only 256 or 64 columns, and
-OpenBLAS's two threads spend more time waking each other than multiplying. Here the
+``gemm_conv2d(x, w, b)`` equals ``T.nnet.conv2d(x, w, border_mode='half') + b`` up to
+float32 rounding (stride 1, odd kernels). Options: ``elu_input`` convolves ``elu(x)``
+(its derivative goes into the input gradient's pass), ``pad_channel`` treats the kernel's
+last input channel as the pad channel of docs/model.md §2 (1 on the zero padding, so its
+contribution is a fixed border term), and ``taps`` lists the kernel positions a mask
+leaves nonzero. Theano's CPU convolution (CorrMM) runs im2col and a GEMM one image at a
+time; at the model's 16x16 and 8x8 feature maps those GEMMs have only 256 or 64 columns,
+and OpenBLAS's two threads spend more time waking each other than multiplying. Here the
 minibatch is cut into groups of whole images (about 512 output pixels each); each OpenMP
 thread takes a group and runs im2col and one single-threaded GEMM on it, so all cores stay
 busy with large products and no intermediate is ever larger than a group. The gradient
 ops rebuild the columns instead of keeping them from the forward pass, so memory stays
-that of the inputs. The C code is in ``gemm_conv.c``.
+that of the inputs; the weights' gradient op also gives the bias's. The C code is in
+``gemm_conv.c``.
 """
 from pathlib import Path
 
 from .backend import T, c_code_version, gof, theano
+from .c_support import ELU_FUNCTIONS, OUTPUT_ARRAY
 
 ldflags = theano.tensor.blas.ldflags
 blas_header_text = theano.tensor.blas_headers.blas_header_text
@@ -24,32 +31,28 @@ _C_CODE = """
 {
     PyArrayObject* a = PyArray_GETCONTIGUOUS(%(a)s);
     PyArrayObject* b = PyArray_GETCONTIGUOUS(%(b)s);
+    PyArrayObject* c = PyArray_GETCONTIGUOUS(%(c)s);
     int status = -2;
-    if (a && b) {
+    if (a && b && c) {
         %(sizes)s
         %(tap_index)s
-        const iafconv_taps taps = {kh, kw, %(n_taps)s, %(index)s};
-        npy_intp out_dims[4] = {%(out_dims)s};
+        const iafconv_layer L = {N, C, H, W, F, kh, kw, %(n_taps)s, %(index)s, %(elu_input)d,
+                                 %(pad_channel)d};
         if (bad_shapes) {
             PyErr_Format(PyExc_ValueError, "%(op)s: %%s", bad_shapes);
-        } else {
-            if (!%(out)s || !PyArray_IS_C_CONTIGUOUS(%(out)s)
-                    || !PyArray_CompareLists(PyArray_DIMS(%(out)s), out_dims, 4)) {
-                Py_XDECREF(%(out)s);
-                %(out)s = (PyArrayObject*)PyArray_EMPTY(4, out_dims, NPY_FLOAT32, 0);
-            }
-            if (%(out)s && N == 0) {  /* no images: empty, or a zero weight gradient */
-                memset(PyArray_DATA(%(out)s), 0, PyArray_NBYTES(%(out)s));
+        } else if (%(allocate)s) {
+            if (N == 0) {  /* no images: empty, or zero gradients */
+                %(zero)s
                 status = 0;
-            } else if (%(out)s) {
-                status = %(function)s((const float*)PyArray_DATA(a), (const float*)PyArray_DATA(b),
-                                      (float*)PyArray_DATA(%(out)s), N, C, H, W, F, &taps);
+            } else {
+                status = %(call)s;
                 if (status) PyErr_NoMemory();
             }
         }
     }
     Py_XDECREF(a);
     Py_XDECREF(b);
+    Py_XDECREF(c);
     if (status) %(fail)s
 }
 """
@@ -58,33 +61,37 @@ _DIM = "const int {} = PyArray_DIMS({})[{}];"
 
 
 class _GemmConvOp(gof.Op):
-    """Common C plumbing. A subclass names its C function, where the sizes N, C, H, W
-    (images), F (filters), kh, kw (kernel) are read from its inputs ``a``, ``b`` (and, for
-    the weights gradient, ``k``), the output's dims, and C tests of shape mismatches.
+    """Common C plumbing. A subclass names its C call and its outputs' dims, where the sizes
+    N, C, H, W (images), F (filters), kh, kw (kernel) are read from its inputs ``a``, ``b``,
+    ``c``, and C tests of shape mismatches.
 
-    ``taps``: the kernel positions (flat ``i * kw + j``) that may be nonzero, or None for
-    all. The op then computes the convolution with the kernel zeroed elsewhere (and its
-    exact gradient), skipping the zero taps' work: a masked convolution's mask is fixed.
+    ``taps``: the kernel positions (flat ``i * kw + j``) that may be nonzero in the image
+    channels, or None for all. The op then computes the convolution with those channels'
+    kernel zeroed elsewhere (and its exact gradient), skipping the zero taps' work: a
+    masked convolution's mask is fixed. The pad channel uses every tap.
     """
 
-    __props__ = ("taps",)
-    function = sizes = out_dims = checks = None
+    __props__ = ("taps", "elu_input", "pad_channel")
+    input_ndims = output_ndims = call = sizes = outputs = checks = None
 
-    def __init__(self, taps=None):
+    def __init__(self, taps=None, elu_input=False, pad_channel=False):
         self.taps = None if taps is None else tuple(sorted(int(t) for t in taps))
+        self.elu_input, self.pad_channel = bool(elu_input), bool(pad_channel)
 
     def make_node(self, *inputs):
         inputs = [T.as_tensor_variable(v) for v in inputs]
-        for v in inputs:
-            if v.ndim != 4 or v.dtype != "float32":
-                raise TypeError(f"{type(self).__name__} takes 4-d float32 tensors, not {v.type}")
-        return gof.Apply(self, inputs, [T.tensor4(dtype="float32")])
+        for v, ndim in zip(inputs, self.input_ndims):
+            if v.ndim != ndim or v.dtype != "float32":
+                raise TypeError(f"{type(self).__name__} takes float32 tensors of "
+                                f"{self.input_ndims} dimensions, not {v.type}")
+        outputs = [T.TensorType("float32", (False,) * n)() for n in self.output_ndims]
+        return gof.Apply(self, inputs, outputs)
 
     def c_code(self, node, name, inputs, outputs, sub):
-        names = dict(zip("abk", inputs))
+        names = dict(zip("abc", inputs))
         sizes = [_DIM.format(size, names[array], axis)
                  for size, (array, axis) in self.sizes.items()]
-        checks = self.checks + _ODD_KERNEL
+        checks = self.checks + [("kh % 2 == 0 || kw % 2 == 0", "kernel sizes must be odd")]
         if self.taps is None:
             taps = dict(tap_index="", n_taps="kh * kw", index="NULL")
         else:
@@ -94,17 +101,26 @@ class _GemmConvOp(gof.Op):
             checks = checks + [(f"kh * kw <= {self.taps[-1]}", "the taps do not fit the kernel")]
         tests = "".join(f"({test}) ? \"{message}\" : "
                         for test, message in checks).format(**names)
+        sizes.append(f"const int pad = {int(self.pad_channel)};")
         sizes.append(f"const char* bad_shapes = {tests}NULL;")
+        dims = [f"const npy_intp dims_{k}[] = {{{d}}};" for k, d in enumerate(self.outputs)]
+        allocate = " && ".join(f"iaf_output(&{out}, {n}, dims_{k}) == 0"
+                               for k, (out, n) in enumerate(zip(outputs, self.output_ndims)))
+        zero = " ".join(f"memset(PyArray_DATA({out}), 0, PyArray_NBYTES({out}));"
+                        for out in outputs)
+        data = {**{k: f"(const float*)PyArray_DATA({k})" for k in "abc"},
+                **{f"out{k}": f"(float*)PyArray_DATA({out})" for k, out in enumerate(outputs)}}
         return _C_CODE % dict(
-            a=inputs[0], b=inputs[1], out=outputs[0], sizes="\n        ".join(sizes),
-            out_dims=self.out_dims, function=self.function, op=type(self).__name__,
+            a=inputs[0], b=inputs[1], c=inputs[2], sizes="\n        ".join(sizes + dims),
+            allocate=allocate, zero=zero, call=self.call.format(**data),
+            elu_input=self.elu_input, pad_channel=self.pad_channel, op=type(self).__name__,
             fail=sub["fail"], **taps)
 
     def c_support_code(self):
-        return blas_header_text() + _C_SOURCE
+        return blas_header_text() + ELU_FUNCTIONS + OUTPUT_ARRAY + _C_SOURCE
 
     def c_headers(self):
-        return ["<omp.h>", "<string.h>", "<stdlib.h>"]
+        return ["<omp.h>", "<string.h>", "<stdlib.h>", "<math.h>"]
 
     def c_libraries(self):
         return ldflags()
@@ -119,71 +135,89 @@ class _GemmConvOp(gof.Op):
         return ldflags(libs=False, include_dir=True)
 
     def c_code_cache_version(self):
-        return c_code_version(_C_SOURCE + _C_CODE) + blas_header_version()
+        return c_code_version(ELU_FUNCTIONS + OUTPUT_ARRAY + _C_SOURCE + _C_CODE) + blas_header_version()
 
-_ODD_KERNEL = [("kh % 2 == 0 || kw % 2 == 0", "kernel sizes must be odd")]
+
 _IMAGES = {"N": ("a", 0), "C": ("a", 1), "H": ("a", 2), "W": ("a", 3)}
 
 
+def _kernel_fits(kernel):
+    """The C test that input ``kernel`` has the image's channels (and the pad channel)."""
+    return (f"PyArray_DIMS({{{kernel}}})[1] != C + pad",
+            "the kernel's input channels do not fit the image's")
+
+
+def _gradient_fits(gradient):
+    """The C test that input ``gradient`` has the output's shape (N, F, H, W)."""
+    return (f"PyArray_DIMS({{{gradient}}})[0] != N || PyArray_DIMS({{{gradient}}})[1] != F"
+            f" || PyArray_DIMS({{{gradient}}})[2] != H || PyArray_DIMS({{{gradient}}})[3] != W",
+            "the output gradient does not fit the input and the kernel")
+
+
 class GemmConv(_GemmConvOp):
-    """y = conv2d(x, w, border_mode='half') for x (N, C, H, W), w (F, C, kh, kw), odd k
-    (with w zeroed outside ``taps``)."""
+    """y = conv2d(a(x), w[:, :C], border_mode='half') + border term + b for x (N, C, H, W),
+    w (F, C [+ 1], kh, kw), b (F), with a = elu or the identity (and the taps)."""
 
-    function = "iafconv_forward"
+    input_ndims, output_ndims = (4, 4, 1), (4,)
+    call = "iafconv_forward(&L, {a}, {b}, {c}, {out0})"
     sizes = {**_IMAGES, "F": ("b", 0), "kh": ("b", 2), "kw": ("b", 3)}
-    out_dims = "N, F, H, W"
-    checks = [("PyArray_DIMS({b})[1] != C", "input and filter channels differ")]
+    outputs = ["N, F, H, W"]
+    checks = [_kernel_fits("b"),
+              ("PyArray_DIMS({c})[0] != F", "the bias and the kernel have different filters")]
 
-    def make_node(self, x, w):
-        return super().make_node(x, w)
+    def make_node(self, x, w, b):
+        return super().make_node(x, w, b)
 
     def infer_shape(self, node, shapes):
-        x, w = shapes
+        x, w, _ = shapes
         return [(x[0], w[0], x[2], x[3])]
 
     def grad(self, inputs, output_grads):
-        x, w = inputs
+        x, w, _ = inputs
         (gy,) = output_grads
-        return [GemmConvGradInputs(self.taps)(w, gy), GemmConvGradWeights(self.taps)(x, gy, w)]
+        options = (self.taps, self.elu_input, self.pad_channel)
+        return [GemmConvGradInputs(*options)(w, gy, x), *GemmConvGradWeights(*options)(x, gy, w)]
 
 
 class GemmConvGradWeights(_GemmConvOp):
-    """The gradient of ``GemmConv`` with respect to w, from x and the output gradient
-    (the third input, w itself, only gives the kernel size)."""
+    """The gradients of `GemmConv` with respect to w and b, from x and the output gradient
+    (the third input, w itself, only gives the kernel's shape)."""
 
-    function = "iafconv_grad_weights"
-    sizes = {**_IMAGES, "F": ("b", 1), "kh": ("k", 2), "kw": ("k", 3)}
-    out_dims = "F, C, kh, kw"
-    checks = [("PyArray_DIMS({b})[0] != N || PyArray_DIMS({b})[2] != H"
-               " || PyArray_DIMS({b})[3] != W", "input and output gradient sizes differ"),
-              ("PyArray_DIMS({k})[0] != F || PyArray_DIMS({k})[1] != C",
-               "filter and gradient sizes differ")]
+    input_ndims, output_ndims = (4, 4, 4), (4, 1)
+    call = "iafconv_grad_weights(&L, {a}, {b}, {out0}, {out1})"
+    sizes = {**_IMAGES, "F": ("c", 0), "kh": ("c", 2), "kw": ("c", 3)}
+    outputs = ["F, C + pad, kh, kw", "F"]
+    checks = [_gradient_fits("b"), _kernel_fits("c")]
 
     def make_node(self, x, gy, w):
         return super().make_node(x, gy, w)
 
     def infer_shape(self, node, shapes):
-        return [shapes[2]]
+        return [shapes[2], shapes[2][:1]]
 
 
 class GemmConvGradInputs(_GemmConvOp):
-    """The gradient of ``GemmConv`` with respect to x, from w and the output gradient."""
+    """The gradient of `GemmConv` with respect to x, from w, the output gradient and x (x
+    only for ELU's derivative and the shape)."""
 
-    function = "iafconv_grad_inputs"
-    sizes = {"N": ("b", 0), "C": ("a", 1), "H": ("b", 2), "W": ("b", 3), "F": ("a", 0),
+    input_ndims, output_ndims = (4, 4, 4), (4,)
+    call = "iafconv_grad_inputs(&L, {a}, {b}, {c}, {out0})"
+    sizes = {"N": ("c", 0), "C": ("c", 1), "H": ("c", 2), "W": ("c", 3), "F": ("a", 0),
              "kh": ("a", 2), "kw": ("a", 3)}
-    out_dims = "N, C, H, W"
-    checks = [("PyArray_DIMS({b})[1] != F", "filter and output gradient channels differ")]
+    outputs = ["N, C, H, W"]
+    checks = [_gradient_fits("b"), _kernel_fits("a")]
 
-    def make_node(self, w, gy):
-        return super().make_node(w, gy)
+    def make_node(self, w, gy, x):
+        return super().make_node(w, gy, x)
 
     def infer_shape(self, node, shapes):
-        w, gy = shapes
-        return [(gy[0], w[1], gy[2], gy[3])]
+        return [shapes[2]]
 
 
-def gemm_conv2d(x, w, taps=None):
-    """``T.nnet.conv2d(x, w, border_mode='half')`` for float32 x and w (odd kernel sizes);
-    with ``taps``, the kernel must be zero outside those positions (flat ``i * kw + j``)."""
-    return GemmConv(taps)(x, w)
+def gemm_conv2d(x, w, b, taps=None, elu_input=False, pad_channel=False):
+    """``T.nnet.conv2d(a(x), w, border_mode='half') + b`` for float32 x (N, C, H, W), w
+    (F, C, kh, kw) with odd kernel sizes, and b (F), where a is ELU if ``elu_input``, else
+    the identity. With ``pad_channel``, w has C + 1 input channels and the last is the pad
+    channel (docs/model.md §2); with ``taps``, the kernel of the image channels must be
+    zero outside those positions (flat ``i * kw + j``)."""
+    return GemmConv(taps, elu_input, pad_channel)(x, w, b)

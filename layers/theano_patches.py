@@ -5,8 +5,12 @@ written for, and checked against, Theano 1.0.5: on another version `apply` chang
 nothing and warns, since the internals it replaces may have changed.
 """
 import hashlib
+import os
+import shutil
 import sys
+import tempfile
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 
 WRITTEN_FOR = "1.0.5"
 
@@ -17,17 +21,32 @@ def c_code_version(source):
     return (hashlib.sha256(source.encode()).hexdigest(),)
 
 
-def before_import():
+def before_import(mpi_allowed):
     # Theano's graph optimiser and pickler recurse once per node; deep models need room.
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
     # Theano's Cython loop for scan does not compile on Python >= 3.11 (longintrepr.h
     # moved); a failed import makes scan use its Python loop instead, which works.
     sys.modules.setdefault("theano.scan_module.scan_perform_ext", None)
+    if not mpi_allowed:
+        _keep_mpi_uninitialised()
+
+
+def _keep_mpi_uninitialised():
+    """Theano's ``tensor/io.py`` imports ``mpi4py.MPI`` when it can, and that import
+    initialises MPI (``MPI_Init``: time, and under a file-size limit MPICH dies in it). A
+    process that mpiexec did not start uses no MPI, so mpi4py is told not to initialise it."""
+    try:
+        import mpi4py
+    except ImportError:
+        return
+    mpi4py.rc.initialize = False
+    mpi4py.rc.finalize = False
 
 
 def apply(theano):
     """Fix two ways Theano 1.0.5's C-module cache misses, so that C code compiled by one
-    process is reused by the next (6-7 s per model function at every start)."""
+    process is reused by the next (6-7 s per model function at every start), and compile
+    a function's missing C modules on all cores at once."""
     if theano.__version__ != WRITTEN_FOR:
         warnings.warn(f"layers/theano_patches.py was written for Theano {WRITTEN_FOR}, not "
                       f"{theano.__version__}: its compile-cache fixes are not applied")
@@ -36,6 +55,7 @@ def apply(theano):
         return
     _version_modules_of_ops_without_props(theano.gof.cc.CLinker)
     _version_cops_by_their_code(theano.gof.op.COp)
+    _compile_missing_modules_on_all_cores(theano.gof, theano.config)
 
 
 def _version_modules_of_ops_without_props(linker):
@@ -77,3 +97,92 @@ def _version_cops_by_their_code(cop):
         return version
 
     cop.c_code_cache_version = c_code_cache_version
+
+
+def _compile_missing_modules_on_all_cores(gof, config):
+    """Compile the C modules a function lacks with one g++ per core at once.
+
+    Theano makes a function's thunks one node after another, and a node whose C module is
+    not in the cache waits for g++ to compile it: on a fresh machine, hundreds of modules
+    of 0.5-3 s each, one at a time. Here the first missing module a function meets sets
+    off the compilation of all the function's missing modules, ``os.cpu_count()`` at a
+    time, each into a folder of its own; the node-by-node pass then takes each library
+    from there instead of running g++ on the same source with the same command. A start
+    that finds every module in the cache runs none of this.
+    """
+    cmodule = gof.cmodule
+    linking = []  # the nodes of each function whose thunks are being made (a stack)
+    compiled = {}  # (module name, source digest) -> a library compiled ahead
+
+    def digest(source):
+        return hashlib.sha256(source.encode()).hexdigest()
+
+    def missing(cache, key, linker):
+        if cache._get_from_key(key) is not None:
+            return False
+        return cmodule.get_module_hash(linker.get_src_code(), key) not in \
+            cache.module_hash_to_key_data
+
+    def compile_apart(linker):
+        """Compile a one-node linker's module into a new folder; its library file."""
+        module = linker.get_dynamic_module()
+        folder = tempfile.mkdtemp(dir=config.compiledir)
+        compile_str(module.code_hash, module.code(), folder, linker.header_dirs(),
+                    linker.lib_dirs(), linker.libraries(), linker.compile_args(),
+                    py_module=False)
+        return os.path.join(folder, f"{module.code_hash}.{cmodule.get_lib_extension()}")
+
+    def compile_ahead(cache, nodes):
+        jobs = {}
+        for node in nodes:
+            try:  # ops without C code, or whose code fails, are left to Theano's own pass
+                linker = gof.cc.CLinker().accept(gof.FunctionGraph(node.inputs, node.outputs))
+                key = linker.cmodule_key()
+                if key is not None and missing(cache, key, linker):
+                    name = linker.get_dynamic_module().code_hash
+                    jobs[name, digest(linker.get_src_code())] = linker
+            except Exception:
+                continue
+        with ThreadPoolExecutor(os.cpu_count()) as pool:
+            futures = {job: pool.submit(compile_apart, linker) for job, linker in jobs.items()}
+        for job, future in futures.items():
+            if future.exception() is None:
+                compiled[job] = future.result()
+
+    make_all = gof.vm.VM_Linker.make_all
+
+    def make_all_(self, *args, **kwargs):
+        linking.append(self.schedule(self.fgraph))
+        try:
+            return make_all(self, *args, **kwargs)
+        finally:
+            linking.pop()
+            while not linking and compiled:  # libraries no node took (after an error)
+                shutil.rmtree(os.path.dirname(compiled.popitem()[1]), ignore_errors=True)
+
+    module_from_key = cmodule.ModuleCache.module_from_key
+
+    def module_from_key_(self, key, lnk=None, keep_lock=False):
+        if linking and linking[-1] is not None and key[0] and missing(self, key, lnk):
+            nodes, linking[-1] = linking[-1], None  # once per function
+            compile_ahead(self, nodes)
+        return module_from_key(self, key, lnk, keep_lock)
+
+    compile_str = cmodule.GCC_compiler.compile_str
+
+    def compile_str_(module_name, src_code, location=None, *args, py_module=True, **kwargs):
+        library = compiled.pop((module_name, digest(src_code)), None)
+        if library is None or not py_module or location is None:
+            return compile_str(module_name, src_code, location, *args, py_module=py_module,
+                               **kwargs)
+        target = os.path.join(location, os.path.basename(library))
+        shutil.move(library, target)
+        shutil.rmtree(os.path.dirname(library), ignore_errors=True)
+        with open(os.path.join(location, "mod.cpp"), "w") as f:
+            f.write(src_code)
+        open(os.path.join(location, "__init__.py"), "w").close()
+        return cmodule.dlimport(target)
+
+    gof.vm.VM_Linker.make_all = make_all_
+    cmodule.ModuleCache.module_from_key = module_from_key_
+    cmodule.GCC_compiler.compile_str = staticmethod(compile_str_)

@@ -6,6 +6,7 @@ this op does the forward in one pass and the gradient in two. Norms and dot prod
 accumulated in double precision, as Theano's float32 sums are. docs/model.md §2.
 """
 from .backend import T, c_code_version, gof
+from .c_support import OUTPUT_ARRAY
 
 _FORWARD = """
 {
@@ -14,12 +15,7 @@ _FORWARD = """
     int ok = v && s && PyArray_DIMS(s)[0] == PyArray_DIMS(v)[0];
     if (v && s && !ok)
         PyErr_SetString(PyExc_ValueError, "WeightNorm: v and s have different filter counts");
-    if (ok) {
-        Py_XDECREF(%(kernel)s);
-        %(kernel)s = (PyArrayObject*)PyArray_EMPTY(PyArray_NDIM(v), PyArray_DIMS(v),
-                                                   NPY_FLOAT32, 0);
-        ok = %(kernel)s != NULL;
-    }
+    ok = ok && iaf_output(&%(kernel)s, PyArray_NDIM(v), PyArray_DIMS(v)) == 0;
     if (ok) {
         const long F = PyArray_DIMS(v)[0], R = F ? PyArray_SIZE(v) / F : 0;
         const float* vd = (const float*)PyArray_DATA(v);
@@ -51,13 +47,8 @@ _GRAD = """
     int ok = v && s && g && PyArray_SIZE(g) == PyArray_SIZE(v);
     if (v && s && g && !ok)
         PyErr_SetString(PyExc_ValueError, "WeightNormGrad: v and its gradient differ in size");
-    if (ok) {
-        Py_XDECREF(%(gv)s);
-        Py_XDECREF(%(gs)s);
-        %(gv)s = (PyArrayObject*)PyArray_EMPTY(PyArray_NDIM(v), PyArray_DIMS(v), NPY_FLOAT32, 0);
-        %(gs)s = (PyArrayObject*)PyArray_EMPTY(1, PyArray_DIMS(s), NPY_FLOAT32, 0);
-        ok = %(gv)s && %(gs)s;
-    }
+    ok = ok && iaf_output(&%(gv)s, PyArray_NDIM(v), PyArray_DIMS(v)) == 0
+            && iaf_output(&%(gs)s, 1, PyArray_DIMS(s)) == 0;
     if (ok) {
         const long F = PyArray_DIMS(v)[0], R = F ? PyArray_SIZE(v) / F : 0;
         const float* vd = (const float*)PyArray_DATA(v);
@@ -101,8 +92,11 @@ class _WeightNormOp(gof.Op):
     def c_compile_args(self):
         return ["-fopenmp"]
 
+    def c_support_code(self):
+        return OUTPUT_ARRAY
+
     def c_code_cache_version(self):
-        return c_code_version(_FORWARD + _GRAD)
+        return c_code_version(_FORWARD + _GRAD + OUTPUT_ARRAY)
 
 
 class WeightNorm(_WeightNormOp):

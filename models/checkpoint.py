@@ -23,13 +23,12 @@ class CheckpointError(Exception):
 
 
 def save_checkpoint(folder, arrays, meta):
-    """Write ``folder/checkpoint.npz`` atomically; the one it replaces becomes the previous."""
+    """Write ``folder/checkpoint.npz`` atomically; the one it replaces becomes the previous.
+    If writing fails (a full disk), both stay as they were."""
     buffer = io.BytesIO()
     np.savez(buffer, __meta__=np.array(json.dumps(dict(meta, format=FORMAT))), **arrays)
-    path = os.path.join(folder, NAME)
-    if os.path.exists(path):
-        os.replace(path, os.path.join(folder, PREVIOUS))
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    atomic_write(os.path.join(folder, NAME), lambda f: f.write(buffer.getvalue()),
+                 previous=os.path.join(folder, PREVIOUS))
 
 
 def _read(path):

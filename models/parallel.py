@@ -3,15 +3,12 @@
 Each process (rank) takes its share of every global minibatch; the flat gradients are
 summed across ranks in one all-reduce, and every rank applies the same update, so the
 parameters stay identical everywhere (docs/model.md §11). Started without mpiexec, a run
-is one process and imports nothing from MPI.
+is one process and never initialises MPI.
 """
-import os
 import zlib
 
 import numpy as np
-
-# Set by the launchers of Open MPI (OMPI_*), MPICH/Hydra (PMI_*) and PMIx-based ones.
-_LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
+from layers.backend import started_by_mpiexec
 
 
 class ParallelError(Exception):
@@ -24,7 +21,7 @@ class Processes:
 
     def __init__(self):
         self.rank, self.size, self._comm = 0, 1, None
-        if any(v in os.environ for v in _LAUNCHER_VARIABLES):
+        if started_by_mpiexec():
             try:
                 from mpi4py import MPI
             except ImportError:

@@ -47,11 +47,12 @@ class ChannelLayout:
         return sum(self.sizes.values())
 
     def split(self, h):
-        parts, start = {}, 0
-        for name, n in self.sizes.items():
-            parts[name] = h[:, start:start + n]
-            start += n
-        return parts
+        """The parts of ``h`` by name (copies: the gradient of a split is one concatenation
+        of the parts' gradients, where slices would each add theirs into a zero array)."""
+        if len(self.sizes) == 1:
+            return {name: h for name in self.sizes}
+        parts = T.split(h, list(self.sizes.values()), len(self.sizes), axis=1)
+        return dict(zip(self.sizes, parts))
 
 
 class MaskedConvFlow:
@@ -426,7 +427,9 @@ class ResNetVAE:
             grads = self.optimiser.gradients(total)
             outputs = [cost, total] + [theano.Out(g, borrow=True) for g in grads]
             return theano.function([xs] + es, outputs), None
-        cost, total, *grads = self._function("gradient", build)[0](x, *eps)
+        f = self._function("gradient", build)[0]
+        self.optimiser.place_gradient_outputs(f.output_storage[2:])
+        cost, total, *grads = f(x, *eps)
         return cost, self.optimiser.flat_gradient(grads, total)
 
     def apply_gradient(self, flat):

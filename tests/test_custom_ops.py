@@ -1,29 +1,59 @@
-"""Our C ops against the plain Theano they replace: the batched-GEMM convolution against
-Theano's conv2d, the weight-norm op against its elementwise expression."""
+"""Our C ops against the plain Theano they replace: the batched-GEMM convolution layer
+against the original's ELU, pad channel, conv2d and bias, ELU and the weight-norm op
+against their elementwise expressions."""
 import numpy as np
 import pytest
 
 from layers.backend import T, floatX, theano
 from layers.gemm_conv import gemm_conv2d
+from layers.nonlinearities import ELU, plain_elu
 from layers.weight_norm import weight_norm
 
 
-def _conv_and_grads(conv):
-    """f(x, w, gy) -> (y, dL/dw, dL/dx) for L = sum(gy * conv(x, w))."""
-    x, w, gy = T.tensor4("x"), T.tensor4("w"), T.tensor4("gy")
-    y = conv(x, w)
-    grad_w, grad_x = T.grad(None, [w, x], known_grads={y: gy})
-    return theano.function([x, w, gy], [y, grad_w, grad_x])
+def _layer_and_grads(layer):
+    """f(x, w, b, gy) -> (y, dL/dw, dL/dx, dL/db) for L = sum(gy * layer(x, w, b))."""
+    x, w, b, gy = T.tensor4("x"), T.tensor4("w"), T.vector("b"), T.tensor4("gy")
+    y = layer(x, w, b)
+    return theano.function([x, w, b, gy], [y] + T.grad(None, [w, x, b], known_grads={y: gy}))
 
 
-@pytest.fixture(scope="module")
-def ours():
-    return _conv_and_grads(gemm_conv2d)
+def _original_layer(elu_input, pad_channel, taps):
+    """The layer as the original builds it: ELU, then zero padding and a concatenated pad
+    channel (1 on the padding only), a 'valid' conv2d with the image channels' kernel
+    zeroed outside the taps (3x3 kernels), then the bias."""
+    def layer(x, w, b):
+        a = plain_elu(x) if elu_input else x
+        if taps is not None:
+            tap_mask = np.zeros(9, floatX)
+            tap_mask[list(taps)] = 1
+            tap_mask = tap_mask.reshape(1, 1, 3, 3)
+            w = T.concatenate([w[:, :-1] * tap_mask, w[:, -1:]], axis=1) if pad_channel \
+                else w * tap_mask
+        if not pad_channel:
+            return T.nnet.conv2d(a, w, border_mode="half") + b.dimshuffle("x", 0, "x", "x")
+        n, c, height, width = a.shape
+        ph, pw = (w.shape[2] - 1) // 2, (w.shape[3] - 1) // 2
+        padded = T.set_subtensor(T.zeros((n, c + 1, height + 2 * ph, width + 2 * pw))[:, c:], 1)
+        padded = T.set_subtensor(padded[:, c:, ph:ph + height, pw:pw + width], 0)
+        padded = T.set_subtensor(padded[:, :c, ph:ph + height, pw:pw + width], a)
+        return T.nnet.conv2d(padded, w, border_mode="valid") + b.dimshuffle("x", 0, "x", "x")
+    return layer
 
 
-@pytest.fixture(scope="module")
-def theanos():
-    return _conv_and_grads(lambda x, w: T.nnet.conv2d(x, w, border_mode="half"))
+TAPS = (0, 2, 4, 7)  # of a 3x3 kernel: (0, 0), (0, 2), (1, 1), (2, 1)
+# (elu_input, pad_channel, taps)
+OPTIONS = [(False, False, None), (True, False, None), (False, True, None), (True, True, None),
+           (True, True, TAPS)]
+_compiled = {}
+
+
+def layers(options):
+    """Our op and the original's layer with these options, compiled once per module."""
+    if options not in _compiled:
+        elu_input, pad_channel, taps = options
+        ours = _layer_and_grads(lambda x, w, b: gemm_conv2d(x, w, b, taps, elu_input, pad_channel))
+        _compiled[options] = ours, _layer_and_grads(_original_layer(*options))
+    return _compiled[options]
 
 
 # (images, channels, height, width, filters, kernel): one group of images, several groups
@@ -32,78 +62,88 @@ SHAPES = [(3, 5, 7, 6, 4, (3, 3)), (5, 2, 24, 24, 3, (3, 3)), (4, 3, 9, 5, 2, (5
           (2, 4, 6, 8, 3, (1, 5)), (3, 6, 5, 5, 7, (1, 1)), (17, 3, 8, 8, 5, (3, 3))]
 
 
-def _random_inputs(shape, seed=0):
+def _random_inputs(shape, pad_channel=False, seed=0):
     n, c, height, width, f, (kh, kw) = shape
     rng = np.random.RandomState(seed)
-    return (rng.randn(n, c, height, width).astype(floatX), rng.randn(f, c, kh, kw).astype(floatX),
+    return (rng.randn(n, c, height, width).astype(floatX),
+            rng.randn(f, c + pad_channel, kh, kw).astype(floatX), rng.randn(f).astype(floatX),
             rng.randn(n, f, height, width).astype(floatX))
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_output_and_gradients_match_theano_conv2d(ours, theanos, shape):
-    inputs = _random_inputs(shape)
-    for got, want, name in zip(ours(*inputs), theanos(*inputs), ["y", "grad w", "grad x"]):
+@pytest.mark.parametrize("options", OPTIONS, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+def test_output_and_gradients_match_the_originals_layer(shape, options):
+    if options[2] is not None and shape[-1] != (3, 3):
+        pytest.skip("the taps are those of a 3x3 kernel")
+    ours, original = layers(options)
+    inputs = _random_inputs(shape, pad_channel=options[1])
+    names = ["y", "grad w", "grad x", "grad b"]
+    for got, want, name in zip(ours(*inputs), original(*inputs), names):
         assert got.shape == want.shape, name
         scale = np.abs(want).max()
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale, err_msg=name)
 
 
-def test_results_are_identical_on_every_call(ours):
+def test_the_weights_gradient_is_zero_at_the_unused_taps_of_the_image_channels():
+    ours, _ = layers((True, True, TAPS))
+    grad_w = ours(*_random_inputs((3, 5, 7, 6, 4, (3, 3)), pad_channel=True))[1]
+    unused = [t for t in range(9) if t not in TAPS]
+    assert not grad_w[:, :-1].reshape(4, 5, 9)[..., unused].any()
+    assert grad_w[:, -1].reshape(4, 9)[..., unused].any()  # the pad channel uses them all
+
+
+def test_results_are_identical_on_every_call():
     # Several groups of images are shared between threads as they come free; the sums
     # must not depend on which thread took which group.
-    inputs = _random_inputs((9, 3, 24, 24, 4, (3, 3)), seed=1)
+    ours, _ = layers((True, True, None))
+    inputs = _random_inputs((9, 3, 24, 24, 4, (3, 3)), pad_channel=True, seed=1)
     first = ours(*inputs)
     for _ in range(3):
         for a, b in zip(first, ours(*inputs)):
             assert np.array_equal(a, b)
 
 
-def test_an_empty_minibatch_gives_empty_outputs_and_a_zero_weight_gradient(ours):
-    x, w, gy = _random_inputs((0, 3, 5, 5, 4, (3, 3)))
-    y, grad_w, grad_x = ours(x, w, gy)
+def test_an_empty_minibatch_gives_empty_outputs_and_zero_weight_gradients():
+    ours, _ = layers((True, True, None))
+    x, w, b, gy = _random_inputs((0, 3, 5, 5, 4, (3, 3)), pad_channel=True)
+    y, grad_w, grad_x, grad_b = ours(x, w, b, gy)
     assert y.shape == (0, 4, 5, 5) and grad_x.shape == x.shape
-    assert grad_w.shape == w.shape and not grad_w.any()
+    assert grad_w.shape == w.shape and not grad_w.any() and not grad_b.any()
 
 
-def test_mismatched_channels_give_a_clear_error(ours):
-    x, w, gy = _random_inputs((2, 3, 5, 5, 4, (3, 3)))
-    with pytest.raises(ValueError, match="GemmConv: input and filter channels differ"):
-        ours(x, w[:, :2], gy)
+def test_mismatched_channels_give_a_clear_error():
+    ours, _ = layers((False, False, None))
+    x, w, b, gy = _random_inputs((2, 3, 5, 5, 4, (3, 3)))
+    with pytest.raises(ValueError, match="GemmConv: the kernel's input channels do not fit"):
+        ours(x, w[:, :2], b, gy)
 
 
-def test_even_kernels_are_refused(ours):
-    x, w, gy = _random_inputs((2, 3, 5, 5, 4, (3, 3)))
+def test_even_kernels_are_refused():
+    ours, _ = layers((False, False, None))
+    x, w, b, gy = _random_inputs((2, 3, 5, 5, 4, (3, 3)))
     with pytest.raises(ValueError, match="kernel sizes must be odd"):
-        ours(x, w[:, :, :2, :2], gy)
+        ours(x, w[:, :, :2, :2], b, gy)
 
 
-TAPS = (0, 2, 4, 7)  # of a 3x3 kernel: (0, 0), (0, 2), (1, 1), (2, 1)
+def test_the_elu_op_and_its_gradient_match_the_plain_expression():
+    x, g = T.vector("x"), T.vector("g")
 
-
-@pytest.fixture(scope="module")
-def ours_with_taps():
-    return _conv_and_grads(lambda x, w: gemm_conv2d(x, w, TAPS))
-
-
-@pytest.fixture(scope="module")
-def theanos_zeroing_other_taps():
-    tap_mask = np.zeros((1, 1, 9), dtype=floatX)
-    tap_mask[..., list(TAPS)] = 1
-    tap_mask = tap_mask.reshape(1, 1, 3, 3)
-    return _conv_and_grads(lambda x, w: T.nnet.conv2d(x, w * tap_mask, border_mode="half"))
-
-
-@pytest.mark.parametrize("shape", [(3, 5, 7, 6, 4, (3, 3)), (5, 2, 24, 24, 3, (3, 3))])
-def test_listed_taps_equal_a_kernel_zeroed_elsewhere(ours_with_taps, theanos_zeroing_other_taps,
-                                                     shape):
-    inputs = _random_inputs(shape)
-    got_all = ours_with_taps(*inputs)
-    want_all = theanos_zeroing_other_taps(*inputs)
-    for got, want, name in zip(got_all, want_all, ["y", "grad w", "grad x"]):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max(),
-                                   err_msg=name)
-    unused = [t for t in range(9) if t not in TAPS]
-    assert not got_all[1].reshape(got_all[1].shape[:2] + (9,))[..., unused].any()
+    def value_and_gradient(elu):
+        y = elu(x)
+        return theano.function([x, g], [y, T.grad(None, x, known_grads={y: g})])
+    ours = value_and_gradient(ELU())
+    assert any(isinstance(node.op, ELU) for node in ours.maker.fgraph.apply_nodes)
+    values = [np.concatenate([np.linspace(-100, 5, 200001), -np.logspace(-9, 0, 10001)]).astype(
+        floatX), np.random.RandomState(2).randn(210002).astype(floatX)]
+    (elu, slope), plain = ours(values[0], np.ones_like(values[0])), value_and_gradient(plain_elu)
+    for got, want in zip(ours(*values), plain(*values)):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    # Within one unit in the last place of the exact values (below -87, where exp(x) is
+    # under float32's smallest normal number, within 2e-38).
+    x = values[0].astype(np.float64)
+    for got, exact in ((elu, np.where(x < 0, np.expm1(x), x)), (slope, np.where(x < 0, np.exp(x), 1))):
+        error, ulp = np.abs(got - exact), np.spacing(np.abs(exact).astype(floatX))
+        assert (error <= np.where(x < -87, 2e-38, ulp)).all()
 
 
 def _weight_norm_and_grads(norm, eps):

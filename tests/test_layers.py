@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from layers import (Conv2d, IAFNetwork, MaskedConv2d, ar_mask, depth_to_space,
-                    discretized_logistic_logps, gaussian_diag_logps)
+                    discretized_logistic_logps, gaussian_diag_logps, nonlinearity)
 from layers.backend import T, floatX, theano
 
 
@@ -94,28 +94,32 @@ def test_iaf_transform_jacobian_is_triangular_with_the_right_diagonal():
     assert np.abs(np.tril(jac, k=-1)).max() > 1e-3
 
 
-def test_conv_matches_explicit_pad_channel_reference():
-    """The border-term implementation equals the original's materialised pad channel."""
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("nl", ["none", "elu"])
+def test_conv_matches_explicit_pad_channel_reference(stride, nl):
+    """The border-term implementation (with the input's nonlinearity folded in, at stride
+    1) equals the original's materialised pad channel."""
     rng = np.random.RandomState(2)
     params = {}
-    conv = Conv2d(params, rng, "c", 2, 3, (3, 3), downsample=2)
+    conv = Conv2d(params, rng, "c", 2, 3, (3, 3), downsample=stride)
     params["c_s"] = rng.randn(3).astype(floatX) * 0.3
     params["c_b"] = rng.randn(3).astype(floatX)
     x = T.tensor4("x")
     x0 = rng.randn(2, 2, 6, 6).astype(floatX)
-    got = theano.function([x], conv(x, symbolic(params)))(x0)
+    got = theano.function([x], conv(nonlinearity(nl)(x), symbolic(params)))(x0)
 
     w = params["c_w"].astype(np.float64)
     kernel = w / np.sqrt((w ** 2).sum(axis=(1, 2, 3), keepdims=True))
     kernel *= np.exp(3 * params["c_s"])[:, None, None, None]
     padded = np.zeros((2, 3, 8, 8))
-    padded[:, :2, 1:-1, 1:-1] = x0
+    padded[:, :2, 1:-1, 1:-1] = np.where(x0 < 0, np.expm1(x0), x0) if nl == "elu" else x0
     padded[:, 2] = 1
     padded[:, 2, 1:-1, 1:-1] = 0
     flipped = kernel[:, :, ::-1, ::-1]
-    expected = np.zeros((2, 3, 3, 3))
-    for oy, ox in itertools.product(range(3), range(3)):
-        patch = padded[:, :, 2 * oy:2 * oy + 3, 2 * ox:2 * ox + 3]
+    size = 6 // stride
+    expected = np.zeros((2, 3, size, size))
+    for oy, ox in itertools.product(range(size), range(size)):
+        patch = padded[:, :, stride * oy:stride * oy + 3, stride * ox:stride * ox + 3]
         expected[:, :, oy, ox] = np.einsum("nchw,ochw->no", patch, flipped)
     expected += params["c_b"][None, :, None, None]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)

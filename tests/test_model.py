@@ -13,7 +13,8 @@ from layers.backend import T, floatX, theano
 from models import POSTERIORS, ConfigError, ModelConfig, ResNetVAE, load_ndict, save_ndict
 from models.optim import COST
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+# The original's parameter lists (name shape per line, the config on the first line).
+REFERENCE = Path(__file__).resolve().parent / "data"
 TINY = dict(shape_x=(3, 8, 8), depths=[1, 1], n_h1=8, n_h2=8, n_z=4, depth_ar=1,
             posterior="down_iaf2_nl")
 
@@ -50,7 +51,17 @@ def reference_config(header):
     return dict(n_h1=top["n_h"], n_h2=top["n_h"], n_z=top["n_z"], depths=top["depths"], **margs)
 
 
-@pytest.mark.parametrize("path", sorted(REFERENCE.glob("params_*.txt")), ids=lambda p: p.stem)
+REFERENCE_LISTS = sorted(REFERENCE.glob("params_*.txt"))
+
+
+def test_every_reference_list_is_in_the_repository():
+    # An empty list would make the test below collect nothing and pass silently.
+    assert [p.stem for p in REFERENCE_LISTS] == [
+        "params_down_diag", "params_down_iaf1", "params_readme_example", "params_table3",
+        "params_up_iaf2_nl"]
+
+
+@pytest.mark.parametrize("path", REFERENCE_LISTS, ids=lambda p: p.stem)
 def test_parameter_names_and_shapes_match_the_reference(path):
     header, *lines = path.read_text().splitlines()
     expected = dict(line.split(" ", 1) for line in lines if line.strip())
@@ -140,8 +151,11 @@ def test_custom_ops_match_plain_theano_in_cost_and_all_gradients(fresh, monkeypa
                                fresh.params.split(want_flat).values()):
         # Float32 sums in another order differ by ~1e-6 of the gradient's norm; a wrong
         # tap, mask or scale moves it by far more. Tiny elements are judged by the norm.
+        # The last convolutions' gradients come through the discretised logistic, whose
+        # sigmoid(u + 1/256) - sigmoid(u) loses four of float32's seven digits: there the
+        # two versions' rounding shows up to ~3e-5 of the norm.
         error = np.linalg.norm(np.asarray(got, np.float64) - want)
-        assert error <= 2e-5 * np.linalg.norm(want), (name, error, np.linalg.norm(want))
+        assert error <= 1e-4 * np.linalg.norm(want), (name, error, np.linalg.norm(want))
     assert np.linalg.norm(want_flat[:COST]) > 0
 
 

@@ -7,7 +7,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ import pytest
 from cifar_files import write_fake_cifar10
 from models import load_ndict
 from models.checkpoint import load_checkpoint
-from runs import wait_for_checkpoints
+from runs import train_program, wait_for_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
@@ -43,6 +42,11 @@ def run(command, logs, check=True, timeout=900):
 
 def train(args):
     return [str(ROOT / "train.py"), "with"] + TINY + args + [SEED]
+
+
+def patched_train(args, setup):
+    """Arguments for Python: train.py with ``args`` after ``setup`` (`train_program`)."""
+    return ["-c", train_program(["with"] + args, setup)]
 
 
 def only_folder(logs):
@@ -87,36 +91,65 @@ def test_two_ranks_of_4_images_train_as_one_process_of_8(two_ranks_from_start,
     assert "2 processes, global minibatch 8" in (two_ranks_from_start / "log.txt").read_text()
 
 
-def test_evaluation_on_two_ranks_equals_one_process(two_ranks, tmp_path):
-    # No data options: the run's (its seed too) are taken from the run folder.
+def test_evaluation_gives_one_set_of_numbers_for_any_minibatch_and_number_of_ranks(
+        two_ranks, tmp_path):
+    # The run's data options (its seed too) are taken from the run folder; kl_min=0, so
+    # the cost does not depend on how the images are grouped either.
     args = [str(ROOT / "train.py"), "evaluate", "with", f"load_model_path={two_ranks}",
             "est_marglik=2"]
-    outputs = [run(command, tmp_path).stdout
-               for command in (mpiexec(2, args), [sys.executable] + args)]
-    summaries = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
-    layers = [summary.pop("layers") for summary in summaries]
-    assert summaries[0] == summaries[1] and summaries[0]["n_images"] == 96
-    for name, layer in layers[1].items():  # sums of per-rank sums: float64 rounding apart
-        assert layers[0][name] == pytest.approx(layer, rel=1e-9), name
-    assert outputs[0].count("the original's bits/dim") == 1  # rank 1 prints nothing
+    commands = {"2 ranks x 4": mpiexec(2, args),
+                "1 process x 8": [sys.executable] + args + ["n_batch=8"],
+                "1 process x 5": [sys.executable] + args + ["n_batch=5"]}
+    outputs = {name: run(command, tmp_path).stdout for name, command in commands.items()}
+    summaries = {name: json.loads(out.strip().splitlines()[-1]) for name, out in outputs.items()}
+    expected = summaries.pop("1 process x 8")
+    assert expected["n_images"] == 96
+    for name, summary in summaries.items():
+        for key in ("cost", "elbo", "marglik"):
+            assert summary[key] == pytest.approx(expected[key], rel=1e-6), (name, key)
+        for layer, numbers in expected["layers"].items():
+            assert summary["layers"][layer] == pytest.approx(numbers, rel=1e-6), (name, layer)
+    assert outputs["2 ranks x 4"].count("the original's bits/dim") == 1  # rank 1 prints nothing
+
+
+def recording_checkpoints(folder):
+    """Driver set-up: each rank writes the epoch and image of its latest checkpoint to
+    ``folder/rank<r>.json``."""
+    return f"""
+        save = train.Run.save
+        def recorded_save(self):
+            save(self)
+            with open(os.path.join({str(folder)!r}, f"rank{{rank}}.json"), "w") as f:
+                json.dump([self.state.epoch, self.state.images_done], f)
+        train.Run.save = recorded_save
+    """
 
 
 def test_sigint_stops_both_ranks_at_one_step_and_sigkill_of_a_rank_resumes_exactly(
         two_ranks, tmp_path):
-    proc = launch(mpiexec(2, train(["n_batch=4"])), tmp_path)
-    wait_for_checkpoints(proc, tmp_path, 3)
+    stops = tmp_path / "stops"
+    stops.mkdir()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    proc = launch(mpiexec(2, patched_train(TINY + ["n_batch=4", SEED],
+                                           recording_checkpoints(stops))), logs)
+    wait_for_checkpoints(proc, logs, 3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
-    folder = only_folder(tmp_path)
+    folder = only_folder(logs)
     assert proc.returncode == 0, out[-2000:] + err[-2000:]
     assert f"resume={folder}" in out and out.count("Stopped by") == 1
+    saved = load_checkpoint(folder)[1]["loop"]
+    for rank in (0, 1):  # every rank stopped after the step the checkpoint holds
+        assert json.loads((stops / f"rank{rank}.json").read_text()) == \
+            [saved["epoch"], saved["images_done"]]
     # Resume, and kill -9 rank 1 while rank 0 checkpoints after every step.
-    proc = launch(mpiexec(2, train([f"resume={folder}", "n_batch=4"])), tmp_path)
-    wait_for_checkpoints(proc, tmp_path, 4)
-    os.kill(rank_pid(1, tmp_path), signal.SIGKILL)
+    proc = launch(mpiexec(2, train([f"resume={folder}", "n_batch=4"])), logs)
+    wait_for_checkpoints(proc, logs, 4)
+    os.kill(rank_pid(1, logs), signal.SIGKILL)
     proc.communicate(timeout=300)
     assert proc.returncode != 0
-    run(mpiexec(2, train([f"resume={folder}", "n_batch=4"])), tmp_path)
+    run(mpiexec(2, train([f"resume={folder}", "n_batch=4"])), logs)
     assert (folder / "results.txt").read_text() == (two_ranks / "results.txt").read_text()
     got, want = load_ndict(folder / "weights.ndict.tar.gz"), load_ndict(two_ranks / "weights.ndict.tar.gz")
     for name in want:
@@ -126,6 +159,38 @@ def test_sigint_stops_both_ranks_at_one_step_and_sigkill_of_a_rank_resumes_exact
     assert meta["loop"] == expected_meta["loop"]
     for name in expected_arrays:
         np.testing.assert_array_equal(arrays[name], expected_arrays[name], err_msg=name)
+
+
+# 96 images in global minibatches of 2 x 4: an epoch is 12 steps.
+@pytest.mark.parametrize("drift_at_step,checkpoint_minutes,checkpoint_images", [
+    (3, 0, 16),      # checkpoints after every step: the one after step 3 is refused
+    (12, 1000, None),  # none within the epoch: the report after step 12 writes nothing
+])
+def test_ranks_whose_parameters_differ_stop_before_anything_is_written_from_them(
+        tmp_path, drift_at_step, checkpoint_minutes, checkpoint_images):
+    drift = f"""
+        if rank == 1:  # rank 1 alone drifts from rank 0 in one update
+            apply_gradient, calls = train.ResNetVAE.apply_gradient, []
+            def drifting(self, flat):
+                applied = apply_gradient(self, flat)
+                calls.append(1)
+                if len(calls) == {drift_at_step}:
+                    self.params.buffer[0] += 1e-3
+                return applied
+            train.ResNetVAE.apply_gradient = drifting
+    """
+    args = [a for a in TINY if "checkpoint" not in a] + \
+        ["n_batch=4", f"checkpoint_minutes={checkpoint_minutes}", SEED]
+    proc = run(mpiexec(2, patched_train(args, drift)), tmp_path, check=False, timeout=600)
+    assert proc.returncode != 0
+    assert "the parameters of rank(s) [1] differ from rank 0's" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    folder = only_folder(tmp_path)
+    assert not (folder / "weights.ndict.tar.gz").exists()
+    if checkpoint_images is None:
+        assert not (folder / "checkpoint.npz").exists()
+    else:  # the last checkpoint is the one before the drift
+        assert load_checkpoint(folder)[1]["loop"]["images_done"] == checkpoint_images
 
 
 def launch(command, logs):
@@ -146,23 +211,20 @@ def rank_pid(rank, logs):
 
 
 def test_a_non_finite_gradient_on_one_rank_stops_both(tmp_path):
-    driver = textwrap.dedent(f"""
-        import sys
-        import numpy as np
-        sys.path.insert(0, {str(ROOT)!r})
-        import train
-        if train.processes.rank == 1:  # rank 1 alone gets a NaN in its third gradient
-            original, calls = train.ResNetVAE.gradient, []
+    poison = """
+        if rank == 1:  # rank 1 alone gets a NaN in its third gradient
+            gradient, calls = train.ResNetVAE.gradient, []
             def poisoned(self, x, eps):
-                cost, flat = original(self, x, eps)
+                cost, flat = gradient(self, x, eps)
                 calls.append(1)
                 if len(calls) == 3:
                     flat[0] = np.nan
                 return cost, flat
             train.ResNetVAE.gradient = poisoned
-        train.main([{str(ROOT / "train.py")!r}, "with"] + {TINY + ["n_batch=4"]!r})
-    """)  # without a seed: the ranks must all take rank 0's
-    proc = run(mpiexec(2, ["-c", driver]), tmp_path, check=False, timeout=600)
+    """
+    # Without a seed: the ranks must all take rank 0's.
+    proc = run(mpiexec(2, patched_train(TINY + ["n_batch=4"], poison)), tmp_path, check=False,
+               timeout=600)
     assert proc.returncode != 0
     assert "non-finite cost or gradient at epoch 0, image 16" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -80,7 +80,7 @@ def test_sacred_observer_receives_every_reported_metric(two_runs, observer):
     assert metrics["test.cost"]["values"][-1] == pytest.approx(logged["cost"])
     assert metrics["test.kl.001_000"]["values"][-1] == pytest.approx(logged["cost_z001_000"])
     running = metrics["train.running_cost"]
-    assert running["steps"] == [16, 32, 48, 64]  # images seen: 2 epochs of 2 minibatches
+    assert running["steps"] == [1, 2, 3, 4]  # training steps: 2 epochs of 2 minibatches
     assert running["values"][1] == pytest.approx(metrics["train.cost"]["values"][0])
 
 
@@ -161,7 +161,7 @@ def test_print_params_needs_no_data_and_counts_the_table3_model(tmp_path):
     proc = run(["print_params", "with", "table3"], None, tmp_path)
     lines = proc.stdout.strip().splitlines()
     assert "x_enc_w (160, 4, 5, 5)" in lines
-    reference = (ROOT.parent / "shared" / "reference" / "params_table3.txt").read_text()
+    reference = (ROOT / "tests" / "data" / "params_table3.txt").read_text()
     names = [line.split()[0] for line in reference.splitlines()[1:] if line.strip()]
     assert sum(line.split()[0] in names for line in lines) == len(names)
     assert lines[-1] == "total 42709445"
@@ -209,6 +209,16 @@ def test_bad_input_exits_nonzero_with_one_sentence(case, args, prepare, expected
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "pwned").exists()
+
+
+def test_top_level_model_keys_set_the_options_and_default_to_the_models():
+    import train
+    from models import ModelConfig
+    assert ModelConfig(**train.resolved_config()["margs"]) == ModelConfig()
+    cfg = train.resolved_config("quickstart", n_h=12, pad_x=2)
+    assert cfg["margs"]["n_h1"] == cfg["margs"]["n_h2"] == 12
+    for key in train.MODEL_SHORTCUTS:
+        assert cfg["margs"][key] == cfg[key], key
 
 
 def test_progress_rate_is_measured_from_the_first_compiled_step_on(monkeypatch, capsys):
