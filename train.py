@@ -151,14 +151,14 @@ def get_data(cfg):
     return train_x, test_x
 
 
-def build_model(cfg):
+def build_model(cfg, draw_weights=True):
     if cfg["model_type"] != "cvae1":
         raise Error(f"unknown model_type {cfg['model_type']!r}; valid choices: cvae1")
     try:
         config = ModelConfig(**cfg["margs"])
     except TypeError as err:  # e.g. options saved by another version of this code
         raise Error(f"margs do not fit this version's model options ({err})") from None
-    return ResNetVAE(config, seed=cfg["seed"])
+    return ResNetVAE(config, seed=cfg["seed"], draw_weights=draw_weights)
 
 
 # The config entries that define the model; a run saves its config (config.json), and
@@ -601,7 +601,7 @@ def trained_model(config, sacred_run):
     if cfg["load_model_path"] is None:
         raise Error("this command needs load_model_path=DIR, a folder with "
                     "weights.ndict.tar.gz (a run folder of this project, or the original's)")
-    return cfg, build_model(cfg)
+    return cfg, build_model(cfg, draw_weights=not cfg["load_model_complete"])
 
 
 def latent_layers(model, x, n_batch, elbo):

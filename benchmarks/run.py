@@ -12,7 +12,8 @@ or for the cold one the data-dependent init, to the end of the first training st
 seconds per training step (median over ``--steps`` after one warm-up step) and per
 evaluation minibatch, images/s, achieved GFLOP/s (convolution FLOPs counted analytically:
 forward, and 3x forward for a training step), the fraction of the machine's matrix-multiply
-peak (a float32 GEMM through the same BLAS, measured in the same process), peak resident
+peak (a 2048x2048 float32 GEMM through the same BLAS, timed after each training step in
+the same process: the median), peak resident
 memory, the hours a 50,000-image CIFAR-10 epoch takes at that speed, and the time from
 starting a process to evaluate saved weights to its first number (cache filled).
 ``--threads N`` runs on N threads (OMP_NUM_THREADS and OPENBLAS_NUM_THREADS) instead of
@@ -55,12 +56,32 @@ def conv_flops(model, n):
     return total
 
 
+def gemm_speed_meter(size=2048):
+    """A function that times one float32 (size x size) GEMM through Theano's BLAS, all
+    threads, and returns its GFLOP/s: the machine's matrix-unit peak at that moment. It is
+    measured between the training steps, so that on a machine whose speed drifts (turbo,
+    neighbours) the step and its peak are timed under the same conditions."""
+    import numpy as np
+
+    from layers.backend import T, theano
+
+    a, b = T.matrix(), T.matrix()
+    gemm = theano.function([a, b], T.dot(a, b))
+    m = np.random.rand(size, size).astype(np.float32)
+    gemm(m, m)
+
+    def rate():
+        t0 = time.time()
+        gemm(m, m)
+        return 2 * size ** 3 / (time.time() - t0) / 1e9
+    return rate
+
+
 def measure(name, n_steps, n_batch, started, weights_path=None):
     """Runs in a child process started at time ``started``: build, compile, time; prints
     one JSON line. Saves the weights to ``weights_path`` if given."""
     import numpy as np
 
-    from layers.backend import T, theano
     from models import ModelConfig, ResNetVAE, save_ndict
     from train import resolved_config
 
@@ -74,25 +95,20 @@ def measure(name, n_steps, n_batch, started, weights_path=None):
     model.train_step(x, model.noise("train", 0, images))
     first_step_s = time.time() - t0  # compile + one step
     start_to_first_step_s = time.time() - started
-    times = []
+    gemm_rate = gemm_speed_meter()
+    times, peaks = [], []
     for step in range(n_steps):  # as the training loop: the step's noise, then the step
         t0 = time.time()
         model.train_step(x, model.noise("train", step, images))
         times.append(time.time() - t0)
+        peaks.append(gemm_rate())  # the machine's GEMM speed right after this step
     model.evaluate(x, model.noise("eval", 0, images))  # compile
     eval_times = []
     for step in range(max(3, n_steps // 2)):
         t0 = time.time()
         model.evaluate(x, model.noise("eval", step, images))
         eval_times.append(time.time() - t0)
-    a, b = T.matrix(), T.matrix()
-    gemm = theano.function([a, b], T.dot(a, b))
-    m = np.random.rand(2048, 2048).astype(np.float32)
-    gemm(m, m)
-    t0 = time.time()
-    for _ in range(5):
-        gemm(m, m)
-    peak = 5 * 2 * 2048 ** 3 / (time.time() - t0) / 1e9
+    peak = float(np.median(peaks))
     step = float(np.median(times))
     fwd = conv_flops(model, n_batch)
     if weights_path:
@@ -114,7 +130,7 @@ def evaluate_first_minibatch(name, n_batch, weights_path):
     from models import ModelConfig, ResNetVAE, load_ndict
     from train import resolved_config
 
-    model = ResNetVAE(ModelConfig(**resolved_config(name)["margs"]))
+    model = ResNetVAE(ModelConfig(**resolved_config(name)["margs"]), draw_weights=False)
     model.set_weights(load_ndict(weights_path))
     x = np.random.RandomState(1).randint(0, 256, (n_batch, 3, 32, 32)).astype(np.uint8)
     return {"cost": float(model.evaluate(x, model.noise("eval", 0, range(n_batch)))["cost"].mean())}

@@ -5,9 +5,12 @@ model's ``name -> array`` dict (the model then stores them all in one flat buffe
 `layers.parameters`); calling it with an input and *a* dict of symbolic parameters (the
 trained weights, their Polyak averages, or a `DataInit`) applies it.
 """
+from functools import partial
+
 import numpy as np
 
 from .backend import CUSTOM_OPS, T, floatX
+from .channel_norm import ChannelNormalise, plain_channel_normalise
 from .gemm_conv import gemm_conv2d
 from .nonlinearities import ELU, plain_elu
 from .weight_norm import weight_norm
@@ -39,13 +42,11 @@ class DataInit(dict):
         self.records = []  # (conv, s, b, ok) with ok = no channel had std 0
 
     def normalise(self, conv, h, target_std, eps):
-        std = h.std(axis=(0, 2, 3))
-        ok = T.all(T.neq(std, 0))
-        scale = std / target_std + eps
-        h_scaled = h / scale.dimshuffle("x", 0, "x", "x")
-        mean = h_scaled.mean(axis=(0, 2, 3))
-        self.records.append((conv, -T.log(scale) / 3, -mean, ok))
-        return T.switch(ok, h_scaled - mean.dimshuffle("x", 0, "x", "x"), h)
+        normalise = ChannelNormalise(target_std, eps) if conv.custom_ops else \
+            partial(plain_channel_normalise, target_std=target_std, eps=eps)
+        h, s, b, ok = normalise(h)
+        self.records.append((conv, s, b, ok))
+        return h
 
 
 def depth_to_space(h, factor):
@@ -92,6 +93,7 @@ class Conv2d:
     # version they are tested against.
     custom_ops = CUSTOM_OPS
     taps = None  # kernel positions (flat i * kw + j) that can be nonzero; None: all
+    norm_mask = None  # a fixed mask the weight is multiplied by before the norm
 
     def __init__(self, params, rng, name, n_in, n_out, kernel, downsample=1, upsample=1):
         self.name, name_w = split_shared_name(name)
@@ -109,39 +111,34 @@ class Conv2d:
         params[self.s_name] = np.zeros(shape[0], floatX)
 
     def initial_weights(self, rng, shape):
-        return 0.05 * rng.randn(*shape)
-
-    def unnormalised(self, w):
-        """The weight before normalisation (masked convolutions mask it)."""
-        return w[self.w_name]
+        """``0.05 * randn`` from ``rng`` (zeros without one: weights to be loaded)."""
+        return np.zeros(shape) if rng is None else 0.05 * rng.randn(*shape)
 
     def kernel(self, w):
-        """``v / (||v|| + norm_eps) * exp(3 s)``, the norm per output channel (docs/model.md §2)."""
-        v, s = self.unnormalised(w), w[self.s_name]
+        """``v / (||v|| + norm_eps) * exp(3 s)``, the norm per output channel, with ``v`` the
+        weight times ``norm_mask`` if there is one (docs/model.md §2, §3)."""
+        v, s = w[self.w_name], w[self.s_name]
         if self.custom_ops:
-            return weight_norm(v, s, self.norm_eps)
+            return weight_norm(v, s, self.norm_eps, self.norm_mask)
+        if self.norm_mask is not None:
+            v = self.norm_mask * v
         norm = T.sqrt(T.sqr(v).sum(axis=(1, 2, 3), keepdims=True))
         return v / (norm + self.norm_eps) * T.exp(3 * s).dimshuffle(0, "x", "x", "x")
 
     def __call__(self, x, w):
-        kernel, b = self.kernel(w), w[self.b_name]
-        one_op = self.custom_ops and self.downsample == 1
-        elu_input = x.owner is not None and isinstance(x.owner.op, ELU)
-        if elu_input and one_op:
-            x = x.owner.inputs[0]  # the op applies ELU itself
-        elif elu_input and not self.custom_ops:
-            x = plain_elu(x.owner.inputs[0])  # the version the ops are tested against
-        if one_op:
-            # The convolution of elu(x) (or x), the pad channel's border term and the
-            # bias in one op, with all three in its gradients' passes too.
-            h = gemm_conv2d(x, kernel, b, self.taps, elu_input, self.has_pad_channel)
-        else:
-            h = self.plain_convolution(x, kernel) + b.dimshuffle("x", 0, "x", "x")
+        return convolve_together([self], x, w)[0]
+
+    @property
+    def form(self):
+        """What convolutions computed together (`convolve_together`) must share."""
+        return self.n_in, self.pad, self.taps, self.has_pad_channel, self.downsample
+
+    def output(self, h, w):
+        """The layer's output from its convolution plus bias ``h``: the data-dependent init
+        normalises it (docs/model.md §2), then depth-to-space by ``upsample``."""
         if isinstance(w, DataInit):
             h = w.normalise(self, h, self.init_target_std, self.init_eps)
-        if self.upsample > 1:
-            h = depth_to_space(h, self.upsample)
-        return h
+        return depth_to_space(h, self.upsample) if self.upsample > 1 else h
 
     def plain_convolution(self, x, kernel):
         """The convolution with Theano's conv2d, the pad channel as a fixed border term:
@@ -153,3 +150,34 @@ class Conv2d:
         border = border_image(x.shape[2], x.shape[3], *self.pad)
         h = T.nnet.conv2d(x, kernel[:, :-1], border_mode=self.pad, subsample=stride)
         return h + T.addbroadcast(T.nnet.conv2d(border, kernel[:, -1:], subsample=stride), 0)
+
+
+def convolve_together(convs, x, w):
+    """``[conv(x, w) for conv in convs]`` for convolutions of one form (kernel, taps, pad
+    channel, stride) that read the same input: computed as one convolution with their
+    kernels and biases stacked, which reads the input once and runs larger GEMMs (an IAF
+    network's output layers, of only n_z filters each)."""
+    first = convs[0]
+    if any(conv.form != first.form for conv in convs):
+        raise ValueError("only convolutions of one form can be computed together")
+    kernel = _stacked([conv.kernel(w) for conv in convs])
+    b = _stacked([w[conv.b_name] for conv in convs])
+    one_op = first.custom_ops and first.downsample == 1
+    elu_input = x.owner is not None and isinstance(x.owner.op, ELU)
+    if elu_input and one_op:
+        x = x.owner.inputs[0]  # the op applies ELU itself
+    elif elu_input and not first.custom_ops:
+        x = plain_elu(x.owner.inputs[0])  # the version the ops are tested against
+    if one_op:
+        # The convolution of elu(x) (or x), the pad channel's border term and the bias in
+        # one op, with all three in its gradients' passes too.
+        h = gemm_conv2d(x, kernel, b, first.taps, elu_input, first.has_pad_channel)
+    else:
+        h = first.plain_convolution(x, kernel) + b.dimshuffle("x", 0, "x", "x")
+    sizes = [conv.n_out * conv.upsample ** 2 for conv in convs]
+    parts = [h] if len(convs) == 1 else T.split(h, sizes, len(convs), axis=1)
+    return [conv.output(part, w) for conv, part in zip(convs, parts)]
+
+
+def _stacked(parts):
+    return parts[0] if len(parts) == 1 else T.concatenate(parts)

@@ -2,7 +2,7 @@
 import numpy as np
 
 from .backend import floatX
-from .conv import Conv2d
+from .conv import Conv2d, convolve_together
 from .nonlinearities import nonlinearity
 
 
@@ -69,9 +69,6 @@ class MaskedConv2d(Conv2d):
     def initial_weights(self, rng, shape):
         return self.mask * super().initial_weights(rng, shape)
 
-    def unnormalised(self, w):
-        return self.norm_mask * w[self.w_name]
-
 
 class IAFNetwork:
     """``ar_multiconv2d``: masked hidden convs with a context input, then masked outputs.
@@ -104,7 +101,7 @@ class IAFNetwork:
             if i == 0:
                 h = h + context
             h = self.nl(h)
-        return [conv(h, w) for conv in self.outputs]
+        return convolve_together(self.outputs, h, w)
 
 
 class MaskedResNet:
@@ -136,4 +133,4 @@ class MaskedResNet:
         h = self.input(z, w) + context
         for conv1, conv2 in self.blocks:
             h = h + 0.1 * conv2(self.nl(conv1(self.nl(h), w)), w)
-        return [conv(h, w) for conv in self.outputs]
+        return convolve_together(self.outputs, h, w)

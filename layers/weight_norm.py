@@ -1,79 +1,91 @@
-"""Weight normalisation as one op: ``kernel = v / (||v|| + eps) * exp(3 s)`` per filter.
+"""Weight normalisation as one op: ``kernel = u / (||u|| + eps) * exp(3 s)`` per filter,
+with ``u = m * v`` for a masked convolution's fixed mask ``m`` (else ``u = v``).
 
 The plain Theano expression (``Conv2d.custom_ops = False``) becomes about ten elementwise
 and reduction nodes per convolution, forward and backward, each a pass over the weights;
 this op does the forward in one pass and the gradient in two. Norms and dot products are
-accumulated in double precision, as Theano's float32 sums are. docs/model.md §2.
+accumulated in double precision, as Theano's float32 sums are. docs/model.md §2, §3.
 """
-from .backend import T, c_code_version, gof
+from .backend import T, c_code_version, gof, theano
 from .c_support import OUTPUT_ARRAY
+
+# The arrays of both ops: v, s and the mask m (NULL when there is none).
+_INPUTS = """
+    PyArrayObject* v = PyArray_GETCONTIGUOUS(%(v)s);
+    PyArrayObject* s = PyArray_GETCONTIGUOUS(%(s)s);
+    const int masked = %(masked)d;
+    PyArrayObject* m = %(get_m)s;
+    int ok = v && s && (m || !masked) && PyArray_DIMS(s)[0] == PyArray_DIMS(v)[0]
+             && (!m || PyArray_SIZE(m) == PyArray_SIZE(v));
+    if (v && s && (m || !masked) && !ok)
+        PyErr_SetString(PyExc_ValueError, "%(op)s: v, s and the mask do not fit");
+    const long F = ok ? PyArray_DIMS(v)[0] : 0, R = F ? PyArray_SIZE(v) / F : 0;
+    const float* vd = ok ? (const float*)PyArray_DATA(v) : NULL;
+    const float* sd = ok ? (const float*)PyArray_DATA(s) : NULL;
+    const float* md = m ? (const float*)PyArray_DATA(m) : NULL;
+"""
 
 _FORWARD = """
 {
-    PyArrayObject* v = PyArray_GETCONTIGUOUS(%(v)s);
-    PyArrayObject* s = PyArray_GETCONTIGUOUS(%(s)s);
-    int ok = v && s && PyArray_DIMS(s)[0] == PyArray_DIMS(v)[0];
-    if (v && s && !ok)
-        PyErr_SetString(PyExc_ValueError, "WeightNorm: v and s have different filter counts");
+    %(inputs)s
     ok = ok && iaf_output(&%(kernel)s, PyArray_NDIM(v), PyArray_DIMS(v)) == 0;
     if (ok) {
-        const long F = PyArray_DIMS(v)[0], R = F ? PyArray_SIZE(v) / F : 0;
-        const float* vd = (const float*)PyArray_DATA(v);
-        const float* sd = (const float*)PyArray_DATA(s);
         float* kd = (float*)PyArray_DATA(%(kernel)s);
         #pragma omp parallel for schedule(static)
         for (long f = 0; f < F; ++f) {
-            const float* vf = vd + f * R;
             double sum = 0.0;
-            for (long r = 0; r < R; ++r) sum += (double)vf[r] * vf[r];
+            for (long r = f * R; r < (f + 1) * R; ++r) {
+                const float u = md ? md[r] * vd[r] : vd[r];
+                sum += (double)u * u;
+            }
             const float scale = expf(3.0f * sd[f]) / (sqrtf((float)sum) + %(eps)r);
-            for (long r = 0; r < R; ++r) kd[f * R + r] = vf[r] * scale;
+            for (long r = f * R; r < (f + 1) * R; ++r) kd[r] = (md ? md[r] * vd[r] : vd[r]) * scale;
         }
     }
     Py_XDECREF(v);
     Py_XDECREF(s);
+    Py_XDECREF(m);
     if (!ok) %(fail)s
 }
 """
 
-# With n = ||v||, d = n + eps, e = exp(3 s) and a = sum(g * v) per filter:
-#   dL/dv = (e / d) g - (e a / (d^2 n)) v   (the second term is 0 when v is 0)
-#   dL/ds = 3 e a / d
+# With n = ||u||, d = n + eps, e = exp(3 s) and a = sum(g * u) per filter:
+#   dL/du = (e / d) g - (e a / (d^2 n)) u   (the second term is 0 when u is 0)
+#   dL/dv = m dL/du,   dL/ds = 3 e a / d
 _GRAD = """
 {
-    PyArrayObject* v = PyArray_GETCONTIGUOUS(%(v)s);
-    PyArrayObject* s = PyArray_GETCONTIGUOUS(%(s)s);
+    %(inputs)s
     PyArrayObject* g = PyArray_GETCONTIGUOUS(%(g)s);
-    int ok = v && s && g && PyArray_SIZE(g) == PyArray_SIZE(v);
-    if (v && s && g && !ok)
+    ok = ok && g && PyArray_SIZE(g) == PyArray_SIZE(v);
+    if (g && v && !ok && !PyErr_Occurred())
         PyErr_SetString(PyExc_ValueError, "WeightNormGrad: v and its gradient differ in size");
     ok = ok && iaf_output(&%(gv)s, PyArray_NDIM(v), PyArray_DIMS(v)) == 0
             && iaf_output(&%(gs)s, 1, PyArray_DIMS(s)) == 0;
     if (ok) {
-        const long F = PyArray_DIMS(v)[0], R = F ? PyArray_SIZE(v) / F : 0;
-        const float* vd = (const float*)PyArray_DATA(v);
-        const float* sd = (const float*)PyArray_DATA(s);
         const float* gd = (const float*)PyArray_DATA(g);
         float* gvd = (float*)PyArray_DATA(%(gv)s);
         float* gsd = (float*)PyArray_DATA(%(gs)s);
         #pragma omp parallel for schedule(static)
         for (long f = 0; f < F; ++f) {
-            const float* vf = vd + f * R;
-            const float* gf = gd + f * R;
             double sum = 0.0, dot = 0.0;
-            for (long r = 0; r < R; ++r) {
-                sum += (double)vf[r] * vf[r];
-                dot += (double)gf[r] * vf[r];
+            for (long r = f * R; r < (f + 1) * R; ++r) {
+                const float u = md ? md[r] * vd[r] : vd[r];
+                sum += (double)u * u;
+                dot += (double)gd[r] * u;
             }
             const float n = sqrtf((float)sum), d = n + %(eps)r, e = expf(3.0f * sd[f]);
             const float a = (float)dot, along_g = e / d;
             const float along_v = n > 0.0f ? e * a / (d * d * n) : 0.0f;
-            for (long r = 0; r < R; ++r) gvd[f * R + r] = along_g * gf[r] - along_v * vf[r];
+            for (long r = f * R; r < (f + 1) * R; ++r) {
+                const float du = along_g * gd[r] - along_v * (md ? md[r] * vd[r] : vd[r]);
+                gvd[r] = md ? md[r] * du : du;
+            }
             gsd[f] = 3.0f * e * a / d;
         }
     }
     Py_XDECREF(v);
     Py_XDECREF(s);
+    Py_XDECREF(m);
     Py_XDECREF(g);
     if (!ok) %(fail)s
 }
@@ -86,6 +98,15 @@ class _WeightNormOp(gof.Op):
     def __init__(self, eps):
         self.eps = float(eps)
 
+    def _arrays(self, node, inputs, sub):
+        """The template values of v, s and the mask (the last input, if the node has it)."""
+        v, s = inputs[:2]
+        masked = len(node.inputs) == self.n_inputs + 1
+        get_m = f"PyArray_GETCONTIGUOUS({inputs[-1]})" if masked else "NULL"
+        return dict(inputs=_INPUTS % dict(v=v, s=s, masked=masked, get_m=get_m,
+                                          op=type(self).__name__),
+                    eps=self.eps, fail=sub["fail"])
+
     def c_headers(self):
         return ["<math.h>", "<omp.h>"]
 
@@ -96,45 +117,61 @@ class _WeightNormOp(gof.Op):
         return OUTPUT_ARRAY
 
     def c_code_cache_version(self):
-        return c_code_version(_FORWARD + _GRAD + OUTPUT_ARRAY)
+        return c_code_version(_INPUTS + _FORWARD + _GRAD + OUTPUT_ARRAY)
+
+
+def _float32(*variables):
+    variables = [T.as_tensor_variable(a) for a in variables]
+    if any(a.dtype != "float32" for a in variables):
+        raise TypeError(f"weight norm takes float32 tensors, not {[a.type for a in variables]}")
+    return variables
 
 
 class WeightNorm(_WeightNormOp):
-    """kernel (F, ...) = v / (||v|| + eps) * exp(3 s) with the norm over each filter."""
+    """kernel (F, ...) = u / (||u|| + eps) * exp(3 s) with the norm over each filter, from
+    v, s (F,) and, optionally, the mask m (u = m v)."""
 
-    def make_node(self, v, s):
-        v, s = T.as_tensor_variable(v), T.as_tensor_variable(s)
-        if v.dtype != "float32" or s.dtype != "float32" or s.ndim != 1 or v.ndim < 1:
-            raise TypeError(f"WeightNorm takes float32 v (F, ...) and s (F,), not {v.type}, {s.type}")
-        return gof.Apply(self, [v, s], [v.type()])
+    n_inputs = 2
+
+    def make_node(self, v, s, *mask):
+        v, s, *mask = _float32(v, s, *mask)
+        if s.ndim != 1 or v.ndim < 1:
+            raise TypeError(f"WeightNorm takes v (F, ...) and s (F,), not {v.type}, {s.type}")
+        return gof.Apply(self, [v, s] + mask, [v.type()])
 
     def c_code(self, node, name, inputs, outputs, sub):
-        v, s = inputs
-        return _FORWARD % dict(v=v, s=s, kernel=outputs[0], eps=self.eps, fail=sub["fail"])
+        return _FORWARD % dict(self._arrays(node, inputs, sub), kernel=outputs[0])
 
     def infer_shape(self, node, shapes):
         return [shapes[0]]
 
+    def connection_pattern(self, node):
+        return [[True], [True]] + [[False]] * (len(node.inputs) - 2)
+
     def grad(self, inputs, output_grads):
-        return WeightNormGrad(self.eps)(*inputs, output_grads[0])
+        v, s, *mask = inputs
+        disconnected = [theano.gradient.DisconnectedType()() for _ in mask]
+        return WeightNormGrad(self.eps)(v, s, output_grads[0], *mask) + disconnected
 
 
 class WeightNormGrad(_WeightNormOp):
-    """(dL/dv, dL/ds) of `WeightNorm` from v, s and dL/dkernel."""
+    """(dL/dv, dL/ds) of `WeightNorm` from v, s, dL/dkernel and the mask if any."""
 
-    def make_node(self, v, s, g):
-        v, s, g = (T.as_tensor_variable(a) for a in (v, s, g))
-        return gof.Apply(self, [v, s, g], [v.type(), s.type()])
+    n_inputs = 3
+
+    def make_node(self, v, s, g, *mask):
+        v, s, g, *mask = _float32(v, s, g, *mask)
+        return gof.Apply(self, [v, s, g] + mask, [v.type(), s.type()])
 
     def c_code(self, node, name, inputs, outputs, sub):
-        v, s, g = inputs
         gv, gs = outputs
-        return _GRAD % dict(v=v, s=s, g=g, gv=gv, gs=gs, eps=self.eps, fail=sub["fail"])
+        return _GRAD % dict(self._arrays(node, inputs, sub), g=inputs[2], gv=gv, gs=gs)
 
     def infer_shape(self, node, shapes):
         return [shapes[0], shapes[1]]
 
 
-def weight_norm(v, s, eps):
-    """``v / (sqrt(sum(v**2) over all but axis 0) + eps) * exp(3 s)``, s broadcast per filter."""
-    return WeightNorm(eps)(v, s)
+def weight_norm(v, s, eps, mask=None):
+    """``u / (sqrt(sum(u**2) over all but axis 0) + eps) * exp(3 s)``, s broadcast per
+    filter, with ``u = mask * v`` (a constant mask of v's shape) or ``u = v``."""
+    return WeightNorm(eps)(v, s, *([] if mask is None else [T.constant(mask)]))

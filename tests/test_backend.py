@@ -24,7 +24,8 @@ def fake_theano(version):
 
     places = {"cc": "CLinker", "op": "COp", "vm": "VM_Linker", "cmodule": "ModuleCache"}
     gof = types.SimpleNamespace(**{module: types.SimpleNamespace(**{name: type(name, (), {
-        "cmodule_key_": method, "c_code_cache_version": method, "make_all": method,
+        "cmodule_key_": method, "cmodule_key": method, "c_code_cache_version": method,
+        "make_all": method,
         "module_from_key": method})}) for module, name in places.items()})
     gof.cmodule.GCC_compiler = type("GCC_compiler", (), {"compile_str": staticmethod(method)})
     fake = types.SimpleNamespace(__version__=version, gof=gof, config=types.SimpleNamespace())
@@ -33,7 +34,8 @@ def fake_theano(version):
 
 def _patched_attributes(fake):
     gof = fake.gof
-    return (gof.cc.CLinker.cmodule_key_, gof.op.COp.c_code_cache_version, gof.vm.VM_Linker.make_all,
+    return (gof.cc.CLinker.cmodule_key_, gof.cc.CLinker.cmodule_key,
+            gof.op.COp.c_code_cache_version, gof.vm.VM_Linker.make_all,
             gof.cmodule.ModuleCache.module_from_key, gof.cmodule.GCC_compiler.compile_str)
 
 

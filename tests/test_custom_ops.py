@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from layers.backend import T, floatX, theano
+from layers.channel_norm import ChannelNormalise, plain_channel_normalise
 from layers.gemm_conv import gemm_conv2d
 from layers.nonlinearities import ELU, plain_elu
 from layers.weight_norm import weight_norm
@@ -146,33 +147,38 @@ def test_the_elu_op_and_its_gradient_match_the_plain_expression():
         assert (error <= np.where(x < -87, 2e-38, ulp)).all()
 
 
-def _weight_norm_and_grads(norm, eps):
+def _weight_norm_and_grads(norm, eps, mask=None):
     """f(v, s, g) -> (kernel, dL/dv, dL/ds) for L = sum(g * kernel)."""
     v, s, g = T.tensor4("v"), T.vector("s"), T.tensor4("g")
-    kernel = norm(v, s, eps)
+    kernel = norm(v, s, eps, mask)
     return theano.function([v, s, g], [kernel] + T.grad(None, [v, s], known_grads={kernel: g}))
 
 
-def _plain_weight_norm(v, s, eps):
-    norm = T.sqrt(T.sqr(v).sum(axis=(1, 2, 3), keepdims=True))
-    return v / (norm + eps) * T.exp(3 * s).dimshuffle(0, "x", "x", "x")
+def _plain_weight_norm(v, s, eps, mask):
+    u = v if mask is None else mask * v
+    norm = T.sqrt(T.sqr(u).sum(axis=(1, 2, 3), keepdims=True))
+    return u / (norm + eps) * T.exp(3 * s).dimshuffle(0, "x", "x", "x")
 
 
+@pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("eps", [0.0, 1e-8])
-def test_weight_norm_op_matches_the_plain_expression(eps):
-    ours_wn = _weight_norm_and_grads(weight_norm, eps)
-    plain = _weight_norm_and_grads(_plain_weight_norm, eps)
+def test_weight_norm_op_matches_the_plain_expression(eps, masked):
     rng = np.random.RandomState(2)
+    mask = (rng.rand(5, 4, 3, 3) > 0.4).astype(floatX) if masked else None
+    ours_wn = _weight_norm_and_grads(weight_norm, eps, mask)
+    plain = _weight_norm_and_grads(_plain_weight_norm, eps, mask)
     inputs = (rng.randn(5, 4, 3, 3).astype(floatX), 0.3 * rng.randn(5).astype(floatX),
               rng.randn(5, 4, 3, 3).astype(floatX))
     for got, want, name in zip(ours_wn(*inputs), plain(*inputs), ["kernel", "grad v", "grad s"]):
         assert got.shape == want.shape, name
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max(),
                                    err_msg=name)
-    # Each filter comes out with norm exp(3 s).
-    kernel = ours_wn(*inputs)[0]
+    # Each filter comes out with norm exp(3 s), and zero where masked (so does grad v).
+    kernel, grad_v, _ = ours_wn(*inputs)
     np.testing.assert_allclose(np.sqrt((kernel ** 2).sum(axis=(1, 2, 3))), np.exp(3 * inputs[1]),
                                rtol=1e-5)
+    if masked:
+        assert not kernel[mask == 0].any() and not grad_v[mask == 0].any()
 
 
 def test_weight_norm_of_a_fully_masked_filter_has_finite_gradients():
@@ -184,6 +190,24 @@ def test_weight_norm_of_a_fully_masked_filter_has_finite_gradients():
     kernel, grad_v, grad_s = ours_wn(v, np.zeros(3, floatX), rng.randn(3, 2, 3, 3).astype(floatX))
     assert not kernel[1].any()
     assert np.isfinite(grad_v).all() and np.isfinite(grad_s).all() and grad_s[1] == 0
+
+
+@pytest.mark.parametrize("target_std,eps,zero_channel", [(0.1, 1e-7, False), (1.0, 0.0, False),
+                                                        (0.1, 1e-7, True)])
+def test_channel_normalise_op_matches_the_plain_expression(target_std, eps, zero_channel):
+    h = T.tensor4("h")
+    ours = theano.function([h], ChannelNormalise(target_std, eps)(h))
+    plain = theano.function([h], list(plain_channel_normalise(h, target_std, eps)))
+    value = 3 * np.random.RandomState(4).randn(5, 6, 4, 3).astype(floatX) + 2
+    if zero_channel:
+        value[:, 2] = 1.5  # std 0: nothing is normalised
+    got, want = ours(value), plain(value)
+    for name, a, b in zip(["h", "s", "b"], got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert bool(got[3]) == bool(want[3]) == (not zero_channel)
+    if not zero_channel:  # mean 0 and the target standard deviation per channel
+        np.testing.assert_allclose(got[0].mean(axis=(0, 2, 3)), 0, atol=1e-6)
+        np.testing.assert_allclose(got[0].std(axis=(0, 2, 3)), target_std, rtol=1e-4)
 
 
 def _optimiser_after_one_update(custom_op, gradient, monkeypatch):
