@@ -5,12 +5,17 @@ line, same order; names sorted). Writing is atomic: a temporary file in the same
 fsynced and renamed over the target, so a crash never leaves a half-written file.
 Reading never unpickles (``allow_pickle=False``) and never extracts to disk.
 """
+import gzip
 import io
 import re
 import tarfile
+import zipfile
 
 import numpy as np
 from data.files import atomic_write
+
+
+WEIGHTS_MEMBERS = {"arrays.npz", "names.txt"}
 
 
 class WeightsError(Exception):
@@ -41,21 +46,27 @@ def save_ndict(values, path):
 def load_ndict(path):
     """Read a file written by `save_ndict` (or by the original code) into a name -> array dict."""
     try:
-        with tarfile.open(path, "r:gz") as tar:
-            members = {m.name.lstrip("./"): m for m in tar.getmembers()}
-            if not {"arrays.npz", "names.txt"} <= set(members):
-                raise WeightsError(f"{path}: not a weights file (it needs arrays.npz and "
-                                   f"names.txt, it holds {sorted(members)})")
-            names = tar.extractfile(members["names.txt"]).read().decode().splitlines()
-            arrays = np.load(io.BytesIO(tar.extractfile(members["arrays.npz"]).read()),
-                             allow_pickle=False)
-            if len(arrays.files) != len(names):
-                raise WeightsError(f"{path}: names.txt lists {len(names)} names but "
-                                   f"arrays.npz holds {len(arrays.files)} arrays")
-            return {name: arrays[f"arr_{i}"] for i, name in enumerate(names)}
+        # Decompressed whole, at once: a tar member read from the gzip stream itself seeks
+        # back by decompressing again from the start, and gzip checks the file's length.
+        with open(path, "rb") as f:
+            archive = io.BytesIO(gzip.decompress(f.read()))
+        with tarfile.open(fileobj=archive) as tar:
+            held = {m.name.lstrip("./"): m for m in tar.getmembers()}
+            members = {name: tar.extractfile(m).read() for name, m in held.items()
+                       if m.isfile() and name in WEIGHTS_MEMBERS}
+        if set(members) != WEIGHTS_MEMBERS:
+            raise WeightsError(f"{path}: not a weights file (it needs arrays.npz and names.txt, "
+                               f"it holds {sorted(held)})")
+        names = members["names.txt"].decode().splitlines()
+        arrays = np.load(io.BytesIO(members["arrays.npz"]), allow_pickle=False)
+        if len(arrays.files) != len(names):
+            raise WeightsError(f"{path}: names.txt lists {len(names)} names but "
+                               f"arrays.npz holds {len(arrays.files)} arrays")
+        return {name: arrays[f"arr_{i}"] for i, name in enumerate(names)}
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such weights file") from None
-    except (tarfile.TarError, EOFError, OSError, ValueError, KeyError) as err:
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError,
+            KeyError) as err:
         raise WeightsError(f"{path}: truncated or corrupt weights file ({err})") from None
 
 

@@ -2,6 +2,7 @@
 save/load, every posterior and prior, and learning on a fixed batch."""
 import ast
 import math
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,8 @@ import pytest
 from data.toy import toy_images
 from layers import Conv2d, MaskedConv2d
 from layers.backend import T, floatX, theano
-from models import POSTERIORS, ConfigError, ModelConfig, ResNetVAE, load_ndict, save_ndict
+from models import (POSTERIORS, ConfigError, ModelConfig, ResNetVAE, WeightsError, load_ndict,
+                    save_ndict)
 from models.optim import COST
 
 # The original's parameter lists (name shape per line, the config on the first line).
@@ -265,6 +267,20 @@ def test_save_load_round_trip_reproduces_evaluation(fresh, tmp_path):
     after = fresh.evaluate(x, zero_noise(fresh))
     for key in before:
         np.testing.assert_array_equal(after[key], before[key])
+
+
+def test_damaged_weights_files_are_named_with_the_problem(tmp_path):
+    path = tmp_path / "weights.ndict.tar.gz"
+    save_ndict({"a_w": np.ones((2, 3), np.float32)}, path)
+    truncated = tmp_path / "truncated.ndict.tar.gz"
+    truncated.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(WeightsError, match="truncated.ndict.tar.gz: truncated or corrupt"):
+        load_ndict(truncated)
+    other = tmp_path / "other.tar.gz"
+    with tarfile.open(other, "w:gz") as tar:
+        tar.add(path, arcname="arrays.npz")
+    with pytest.raises(WeightsError, match=r"not a weights file .*holds \['arrays.npz'\]"):
+        load_ndict(other)
 
 
 def test_loading_incomplete_or_misshapen_weights_says_which(fresh):
