@@ -436,12 +436,15 @@ def write_samples(model, folder, epoch):
 
 
 def append_results(folder, epoch, results):
+    """Add the report's line to results.txt, rewritten whole: a failed write (a full disk)
+    leaves the file as it was, never half a line."""
     path = os.path.join(folder, "results.txt")
-    new = not os.path.exists(path)
-    with open(path, "a") as f:
-        if new:
-            f.write("Epoch " + " ".join(results) + "\n")
-        f.write(f"{epoch} " + " ".join(repr(v) for v in results.values()) + "\n")
+    lines = ["Epoch " + " ".join(results) + "\n"]
+    if os.path.exists(path):
+        with open(path) as f:
+            lines = f.readlines()
+    lines.append(f"{epoch} " + " ".join(repr(v) for v in results.values()) + "\n")
+    atomic_write(path, lambda f: f.write("".join(lines).encode()))
 
 
 def trim_results(folder, reported_epochs):

@@ -13,9 +13,9 @@ seconds per training step (median over ``--steps`` after one warm-up step) and p
 evaluation minibatch, images/s, achieved GFLOP/s (convolution FLOPs counted analytically:
 forward, and 3x forward for a training step), the fraction of the machine's matrix-multiply
 peak (a 2048x2048 float32 GEMM through the same BLAS, timed after each training step in
-the same process: the median), peak resident
-memory, the hours a 50,000-image CIFAR-10 epoch takes at that speed, and the time from
-starting a process to evaluate saved weights to its first number (cache filled).
+the same process: the median), peak resident memory, the hours a 50,000-image CIFAR-10
+epoch takes at that speed, and the time from starting a process to evaluate saved weights
+to its first number (cache filled).
 ``--threads N`` runs on N threads (OMP_NUM_THREADS and OPENBLAS_NUM_THREADS) instead of
 all cores.
 """
@@ -56,11 +56,19 @@ def conv_flops(model, n):
     return total
 
 
+# Seconds for a thread pool to go idle: OpenBLAS's threads (the GEMM's) and OpenMP's (the
+# step's) keep spinning for a while after their work, so timed back to back each slows the
+# other (measured on 2 cores: the README example's step 247 instead of 187 ms, the GEMM 207
+# instead of 230 GFLOP/s; the training loop runs steps back to back, with no GEMM between).
+QUIET_S = 0.25
+
+
 def gemm_speed_meter(size=2048):
     """A function that times one float32 (size x size) GEMM through Theano's BLAS, all
     threads, and returns its GFLOP/s: the machine's matrix-unit peak at that moment. It is
     measured between the training steps, so that on a machine whose speed drifts (turbo,
-    neighbours) the step and its peak are timed under the same conditions."""
+    neighbours) the step and its peak are timed under the same conditions, with a pause
+    on either side so that neither is timed while the other's threads still spin."""
     import numpy as np
 
     from layers.backend import T, theano
@@ -71,9 +79,12 @@ def gemm_speed_meter(size=2048):
     gemm(m, m)
 
     def rate():
+        time.sleep(QUIET_S)
         t0 = time.time()
         gemm(m, m)
-        return 2 * size ** 3 / (time.time() - t0) / 1e9
+        seconds = time.time() - t0
+        time.sleep(QUIET_S)
+        return 2 * size ** 3 / seconds / 1e9
     return rate
 
 

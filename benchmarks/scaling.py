@@ -34,7 +34,8 @@ def measure(name, n_steps, n_batch):
 
     import train
 
-    cfg = train.resolved_config(name, problem="toy", n_batch=n_batch, seed=0)  # one seed: the same data on every rank
+    # One seed: the same data on every rank.
+    cfg = train.resolved_config(name, problem="toy", n_batch=n_batch, seed=0)
     run = train.Run(cfg, folder=None, sacred_run=None)
     train.initialise(run.model, cfg, run.train_x[:n_batch])
     processes, order = train.processes, np.arange(len(run.train_x))

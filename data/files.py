@@ -18,8 +18,9 @@ def atomic_write(path, write, mode=None, previous=None):
     is flushed and fsynced before ``os.replace``; the folder is fsynced afterwards so the
     rename survives a crash. With ``previous``, the file ``path`` held until then is moved
     there once the new one is complete. On any exception the temporary file is removed and
-    ``path`` is left as it was; an OSError (a full disk, a file-size limit) is raised again
-    as one sentence naming ``path``.
+    ``path`` is left as it was (with ``previous``, should the last rename itself fail, the
+    old file is found at ``previous``); an OSError (a full disk, a file-size limit) is
+    raised again as one sentence naming ``path``.
     """
     folder = os.path.dirname(os.path.abspath(path))
     try:

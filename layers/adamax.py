@@ -111,4 +111,4 @@ class AdaMaxPolyakStep(gof.Op):
         return ["-fopenmp"]
 
     def c_code_cache_version(self):
-        return c_code_version(_C_CODE)
+        return c_code_version(__file__)

@@ -8,6 +8,7 @@ rebuilt each time a process loads it. Sums are accumulated in double precision, 
 Theano's float32 sums are.
 """
 from .backend import T, c_code_version, gof
+from . import c_support
 from .c_support import OUTPUT_ARRAY
 
 _C_CODE = """
@@ -103,7 +104,7 @@ class ChannelNormalise(gof.Op):
         return OUTPUT_ARRAY
 
     def c_code_cache_version(self):
-        return c_code_version(_C_CODE + OUTPUT_ARRAY)
+        return c_code_version(__file__, c_support.__file__)
 
 
 def plain_channel_normalise(h, target_std, eps):

@@ -233,6 +233,17 @@ static const float* iafconv_kernel(const iafconv_layer* L, const float* w, int* 
         if (openblas_set_num_threads) openblas_set_num_threads(blas_threads_);          \
     } while (0)
 
+/* gy_fn (F, nc H W) = images n0 .. n0 + nc of gy (N, F, H, W), filter-major. */
+static void iafconv_filter_major(const iafconv_layer* L, const float* gy, int n0, int nc,
+                                 float* gy_fn)
+{
+    const long HW = (long)L->H * L->W;
+    for (int n = 0; n < nc; ++n)
+        for (int f = 0; f < L->F; ++f)
+            memcpy(gy_fn + ((long)f * nc + n) * HW, gy + ((long)(n0 + n) * L->F + f) * HW,
+                   HW * sizeof(float));
+}
+
 /* Floats of one thread's scratch: the columns, the GEMM's (F, nc HW) side, a(x). */
 static size_t iafconv_scratch_floats(const iafconv_layer* L)
 {
@@ -291,10 +302,7 @@ static int iafconv_grad_weights(const iafconv_layer* L, const float* x, const fl
         float* gy_fn = scratch + K * cols;
         const float* a = iafconv_activated(L, x, n0, nc, gy_fn + L->F * cols);
         iafconv_im2col(L, a, columns, nc);
-        for (int n = 0; n < nc; ++n)  /* gy_fn (F, nc HW): the chunk's images, filter-major */
-            for (int f = 0; f < L->F; ++f)
-                memcpy(gy_fn + ((long)f * nc + n) * HW, gy + ((long)(n0 + n) * L->F + f) * HW,
-                       HW * sizeof(float));
+        iafconv_filter_major(L, gy, n0, nc, gy_fn);
         /* partial (F, K) = gy_fn (F, nc HW) . columns (K, nc HW)^T */
         iafconv_gemm('T', 'N', K, L->F, nc * HW, columns, nc * HW, gy_fn, nc * HW,
                      partial + chunk * FK, K);
@@ -342,14 +350,11 @@ static int iafconv_grad_inputs(const iafconv_layer* L, const float* w, const flo
     IAFCONV_FOR_CHUNKS(L, iafconv_scratch_floats(L), {
         float* columns = scratch;
         float* gy_fn = scratch + K * cols;
-        for (int n = 0; n < nc; ++n)
-            for (int f = 0; f < L->F; ++f)
-                memcpy(gy_fn + ((long)f * nc + n) * HW, gy + ((long)(n0 + n) * L->F + f) * HW,
-                       HW * sizeof(float));
+        iafconv_filter_major(L, gy, n0, nc, gy_fn);
         /* columns (K, nc HW) = w (F, K)^T . gy_fn (F, nc HW) */
         iafconv_gemm('N', 'T', nc * HW, K, L->F, gy_fn, nc * HW, wk, ld, columns, nc * HW);
         const long start = (long)n0 * L->C * HW;
-        iafconv_col2im(L, columns, x ? x + start : NULL, gx + start, nc);
+        iafconv_col2im(L, columns, x + start, gx + start, nc);
     });
     return status;
 }

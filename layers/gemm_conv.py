@@ -19,13 +19,14 @@ that of the inputs; the weights' gradient op also gives the bias's. The C code i
 from pathlib import Path
 
 from .backend import T, c_code_version, gof, theano
+from . import c_support
 from .c_support import ELU_FUNCTIONS, OUTPUT_ARRAY
 
 ldflags = theano.tensor.blas.ldflags
 blas_header_text = theano.tensor.blas_headers.blas_header_text
 blas_header_version = theano.tensor.blas_headers.blas_header_version
 
-_C_SOURCE = (Path(__file__).parent / "gemm_conv.c").read_text()
+C_FILE = Path(__file__).with_name("gemm_conv.c")
 
 _C_CODE = """
 {
@@ -91,7 +92,9 @@ class _GemmConvOp(gof.Op):
         names = dict(zip("abc", inputs))
         sizes = [_DIM.format(size, names[array], axis)
                  for size, (array, axis) in self.sizes.items()]
-        checks = self.checks + [("kh % 2 == 0 || kw % 2 == 0", "kernel sizes must be odd")]
+        checks = self.checks + [("kh % 2 == 0 || kw % 2 == 0", "kernel sizes must be odd"),
+                                ("H == 0 || W == 0 || F == 0 || C + pad == 0",
+                                 "empty images or kernel")]
         if self.taps is None:
             taps = dict(tap_index="", n_taps="kh * kw", index="NULL")
         else:
@@ -117,10 +120,10 @@ class _GemmConvOp(gof.Op):
             fail=sub["fail"], **taps)
 
     def c_support_code(self):
-        return blas_header_text() + ELU_FUNCTIONS + OUTPUT_ARRAY + _C_SOURCE
+        return blas_header_text() + ELU_FUNCTIONS + OUTPUT_ARRAY + C_FILE.read_text()
 
     def c_headers(self):
-        return ["<omp.h>", "<string.h>", "<stdlib.h>", "<math.h>"]
+        return ["<omp.h>", "<string.h>", "<stdlib.h>"]
 
     def c_libraries(self):
         return ldflags()
@@ -135,7 +138,7 @@ class _GemmConvOp(gof.Op):
         return ldflags(libs=False, include_dir=True)
 
     def c_code_cache_version(self):
-        return c_code_version(ELU_FUNCTIONS + OUTPUT_ARRAY + _C_SOURCE + _C_CODE) + blas_header_version()
+        return c_code_version(__file__, C_FILE, c_support.__file__) + blas_header_version()
 
 
 _IMAGES = {"N": ("a", 0), "C": ("a", 1), "H": ("a", 2), "W": ("a", 3)}

@@ -5,7 +5,8 @@ that consumes it folds it into its own passes (layers/conv.py), so in the model 
 rarely computed on its own; where it is, one parallel pass does it.
 """
 from .backend import CUSTOM_OPS, T, c_code_version, gof
-from .c_support import ELU_FUNCTIONS
+from . import c_support
+from .c_support import ELU_FUNCTIONS, OUTPUT_ARRAY
 
 
 def plain_elu(h):
@@ -18,11 +19,11 @@ _LOOP = """
     PyArrayObject* x = PyArray_GETCONTIGUOUS(%(x)s);
     PyArrayObject* g = PyArray_GETCONTIGUOUS(%(g)s);
     int ok = x && g;
-    if (ok) {
-        Py_XDECREF(%(out)s);
-        %(out)s = (PyArrayObject*)PyArray_EMPTY(PyArray_NDIM(x), PyArray_DIMS(x), NPY_FLOAT32, 0);
-        ok = %(out)s != NULL;
+    if (ok && PyArray_SIZE(g) != PyArray_SIZE(x)) {
+        PyErr_SetString(PyExc_ValueError, "%(op)s: x and its gradient differ in size");
+        ok = 0;
     }
+    ok = ok && iaf_output(&%(out)s, PyArray_NDIM(x), PyArray_DIMS(x)) == 0;
     if (ok) {
         const float* xd = (const float*)PyArray_DATA(x);
         const float* gd = (const float*)PyArray_DATA(g);
@@ -57,18 +58,21 @@ class _ELUOp(gof.Op):
         return ["-fopenmp"]
 
     def c_support_code(self):
-        return ELU_FUNCTIONS
+        return ELU_FUNCTIONS + OUTPUT_ARRAY
+
+    def loop(self, inputs, outputs, sub, g, expression):
+        return _LOOP % dict(x=inputs[0], g=g, out=outputs[0], op=type(self).__name__,
+                            fail=sub["fail"], expression=expression)
 
     def c_code_cache_version(self):
-        return c_code_version(_LOOP + ELU_FUNCTIONS)
+        return c_code_version(__file__, c_support.__file__)
 
 
 class ELU(_ELUOp):
     """``elu(x)``, elementwise; `layers.conv.Conv2d` folds it into the convolution it feeds."""
 
     def c_code(self, node, name, inputs, outputs, sub):
-        return _LOOP % dict(x=inputs[0], g=inputs[0], out=outputs[0], fail=sub["fail"],
-                            expression="iaf_elu(xd[i])")
+        return self.loop(inputs, outputs, sub, g=inputs[0], expression="iaf_elu(xd[i])")
 
     def grad(self, inputs, output_grads):
         return [ELUGrad()(inputs[0], output_grads[0])]
@@ -78,8 +82,8 @@ class ELUGrad(_ELUOp):
     """``g * elu'(x)`` from x and the output gradient g."""
 
     def c_code(self, node, name, inputs, outputs, sub):
-        return _LOOP % dict(x=inputs[0], g=inputs[1], out=outputs[0], fail=sub["fail"],
-                            expression="gd[i] * iaf_elu_slope(xd[i])")
+        return self.loop(inputs, outputs, sub, g=inputs[1],
+                         expression="gd[i] * iaf_elu_slope(xd[i])")
 
 
 def elu(h):

@@ -4,6 +4,7 @@
 written for, and checked against, Theano 1.0.5: on another version `apply` changes
 nothing and warns, since the internals it replaces may have changed.
 """
+import functools
 import hashlib
 import os
 import shutil
@@ -11,14 +12,21 @@ import sys
 import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 WRITTEN_FOR = "1.0.5"
 
 
-def c_code_version(source):
-    """A ``c_code_cache_version`` for C code: Theano reuses a compiled module while this
-    is unchanged, so it hashes the code's text."""
-    return (hashlib.sha256(source.encode()).hexdigest(),)
+@functools.lru_cache(maxsize=None)
+def c_code_version(*files):
+    """A ``c_code_cache_version`` for an op whose C code ``files`` hold or write (its Python
+    module too: the code it writes around its C text, checks and sizes, counts as much).
+    Theano reuses a compiled module while this is unchanged, so it hashes their text."""
+    return _text_version(*(Path(f).read_text() for f in files))
+
+
+def _text_version(*texts):
+    return (hashlib.sha256("\0".join(texts).encode()).hexdigest(),)
 
 
 def before_import(mpi_allowed):
@@ -92,7 +100,7 @@ def _version_cops_by_their_code(cop):
     """``COp`` (e.g. DimShuffle) versions its C code by ``hash()`` of the code's text,
     which Python 3 salts per process: such modules never matched the cache. Hash it."""
     def c_code_cache_version(self):
-        version = c_code_version("\0".join(self.func_codes))
+        version = _text_version(*self.func_codes)
         if hasattr(self, "params_type"):
             version += (self.params_type.c_code_cache_version(),)
         return version
@@ -106,13 +114,13 @@ def _compile_missing_modules_on_all_cores(gof, config):
     Theano makes a function's thunks one node after another, and a node whose C module is
     not in the cache waits for g++ to compile it: on a fresh machine, hundreds of modules
     of 0.5-3 s each, one at a time. Here the first missing module a function meets sets
-    off the compilation of all the function's missing modules, ``os.cpu_count()`` at a
-    time, each into a folder of its own; the node-by-node pass then takes each library
-    from there instead of running g++ on the same source with the same command. A start
-    that finds every module in the cache runs none of this.
+    off the compilation of all the function's missing modules, one g++ per core this
+    process may use, each into a folder of its own; the node-by-node pass then takes each
+    library from there instead of running g++ on the same source with the same command. A
+    start that finds every module in the cache runs none of this.
     """
     cmodule = gof.cmodule
-    linking = []  # the nodes of each function whose thunks are being made (a stack)
+    linking = []  # the graph of each function whose thunks are being made (a stack)
     compiled = {}  # (module name, source digest) -> a library compiled ahead
 
     def digest(source):
@@ -128,9 +136,13 @@ def _compile_missing_modules_on_all_cores(gof, config):
         """Compile a one-node linker's module into a new folder; its library file."""
         module = linker.get_dynamic_module()
         folder = tempfile.mkdtemp(dir=config.compiledir)
-        compile_str(module.code_hash, module.code(), folder, linker.header_dirs(),
-                    linker.lib_dirs(), linker.libraries(), linker.compile_args(),
-                    py_module=False)
+        try:
+            compile_str(module.code_hash, module.code(), folder, linker.header_dirs(),
+                        linker.lib_dirs(), linker.libraries(), linker.compile_args(),
+                        py_module=False)
+        except Exception:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return os.path.join(folder, f"{module.code_hash}.{cmodule.get_lib_extension()}")
 
     def compile_ahead(cache, nodes):
@@ -144,7 +156,7 @@ def _compile_missing_modules_on_all_cores(gof, config):
                     jobs[name, digest(linker.get_src_code())] = linker
             except Exception:
                 continue
-        with ThreadPoolExecutor(os.cpu_count()) as pool:
+        with ThreadPoolExecutor(len(os.sched_getaffinity(0))) as pool:
             futures = {job: pool.submit(compile_apart, linker) for job, linker in jobs.items()}
         for job, future in futures.items():
             if future.exception() is None:
@@ -153,7 +165,7 @@ def _compile_missing_modules_on_all_cores(gof, config):
     make_all = gof.vm.VM_Linker.make_all
 
     def make_all_(self, *args, **kwargs):
-        linking.append(self.schedule(self.fgraph))
+        linking.append(self.fgraph)
         try:
             return make_all(self, *args, **kwargs)
         finally:
@@ -165,17 +177,18 @@ def _compile_missing_modules_on_all_cores(gof, config):
 
     def module_from_key_(self, key, lnk=None, keep_lock=False):
         if linking and linking[-1] is not None and key[0] and missing(self, key, lnk):
-            nodes, linking[-1] = linking[-1], None  # once per function
-            compile_ahead(self, nodes)
+            fgraph, linking[-1] = linking[-1], None  # once per function
+            compile_ahead(self, fgraph.apply_nodes)
         return module_from_key(self, key, lnk, keep_lock)
 
     compile_str = cmodule.GCC_compiler.compile_str
 
     def compile_str_(module_name, src_code, location=None, *args, py_module=True, **kwargs):
-        library = compiled.pop((module_name, digest(src_code)), None)
-        if library is None or not py_module or location is None:
+        job = (module_name, digest(src_code))
+        if job not in compiled or not py_module or location is None:
             return compile_str(module_name, src_code, location, *args, py_module=py_module,
                                **kwargs)
+        library = compiled.pop(job)
         target = os.path.join(location, os.path.basename(library))
         shutil.move(library, target)
         shutil.rmtree(os.path.dirname(library), ignore_errors=True)

@@ -7,6 +7,7 @@ this op does the forward in one pass and the gradient in two. Norms and dot prod
 accumulated in double precision, as Theano's float32 sums are. docs/model.md §2, §3.
 """
 from .backend import T, c_code_version, gof, theano
+from . import c_support
 from .c_support import OUTPUT_ARRAY
 
 # The arrays of both ops: v, s and the mask m (NULL when there is none).
@@ -58,7 +59,7 @@ _GRAD = """
     PyArrayObject* g = PyArray_GETCONTIGUOUS(%(g)s);
     ok = ok && g && PyArray_SIZE(g) == PyArray_SIZE(v);
     if (g && v && !ok && !PyErr_Occurred())
-        PyErr_SetString(PyExc_ValueError, "WeightNormGrad: v and its gradient differ in size");
+        PyErr_SetString(PyExc_ValueError, "%(op)s: v and its gradient differ in size");
     ok = ok && iaf_output(&%(gv)s, PyArray_NDIM(v), PyArray_DIMS(v)) == 0
             && iaf_output(&%(gs)s, 1, PyArray_DIMS(s)) == 0;
     if (ok) {
@@ -103,9 +104,9 @@ class _WeightNormOp(gof.Op):
         v, s = inputs[:2]
         masked = len(node.inputs) == self.n_inputs + 1
         get_m = f"PyArray_GETCONTIGUOUS({inputs[-1]})" if masked else "NULL"
-        return dict(inputs=_INPUTS % dict(v=v, s=s, masked=masked, get_m=get_m,
-                                          op=type(self).__name__),
-                    eps=self.eps, fail=sub["fail"])
+        op = type(self).__name__
+        return dict(inputs=_INPUTS % dict(v=v, s=s, masked=masked, get_m=get_m, op=op),
+                    op=op, eps=self.eps, fail=sub["fail"])
 
     def c_headers(self):
         return ["<math.h>", "<omp.h>"]
@@ -117,7 +118,7 @@ class _WeightNormOp(gof.Op):
         return OUTPUT_ARRAY
 
     def c_code_cache_version(self):
-        return c_code_version(_INPUTS + _FORWARD + _GRAD + OUTPUT_ARRAY)
+        return c_code_version(__file__, c_support.__file__)
 
 
 def _float32(*variables):

@@ -17,7 +17,9 @@ def generator(seed, purpose, *place):
 
 
 def image_noise(shapes, seed, purpose, step, positions):
-    """Standard-normal float32 noise for the images at ``positions`` of minibatch ``step``.
+    """Standard-normal float32 noise for the images at ``positions`` (their places, e.g.
+    the index in the epoch's order or in the evaluated set) at ``step`` (e.g. the epoch or
+    the sample index; docs/model.md §9).
 
     Returns one array ``(len(positions), *shape)`` per entry of ``shapes``; an image's
     noise, all shapes together, comes from ``generator(seed, purpose, step, position)``.

@@ -288,8 +288,8 @@ class ResNetVAE:
                 for i, _ in self.layers]
 
     def noise(self, purpose, step, positions):
-        """Standard-normal noise, one array per layer, for the images at ``positions`` of
-        minibatch ``step`` (docs/model.md §9)."""
+        """Standard-normal noise, one array per layer, for the images at ``positions`` at
+        ``step`` (the places and steps of docs/model.md §9)."""
         return image_noise(self.latent_shapes(), self.seed, purpose, step, positions)
 
     # -- graphs ------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import io
 import re
 import tarfile
 import zipfile
+import zlib
 
 import numpy as np
 from data.files import atomic_write
@@ -55,8 +56,8 @@ def load_ndict(path):
             members = {name: tar.extractfile(m).read() for name, m in held.items()
                        if m.isfile() and name in WEIGHTS_MEMBERS}
         if set(members) != WEIGHTS_MEMBERS:
-            raise WeightsError(f"{path}: not a weights file (it needs arrays.npz and names.txt, "
-                               f"it holds {sorted(held)})")
+            raise WeightsError(f"{path}: not a weights file (it needs "
+                               f"{' and '.join(sorted(WEIGHTS_MEMBERS))}, it holds {sorted(held)})")
         names = members["names.txt"].decode().splitlines()
         arrays = np.load(io.BytesIO(members["arrays.npz"]), allow_pickle=False)
         if len(arrays.files) != len(names):
@@ -65,7 +66,7 @@ def load_ndict(path):
         return {name: arrays[f"arr_{i}"] for i, name in enumerate(names)}
     except FileNotFoundError:
         raise WeightsError(f"{path}: no such weights file") from None
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, ValueError,
+    except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError,
             KeyError) as err:
         raise WeightsError(f"{path}: truncated or corrupt weights file ({err})") from None
 

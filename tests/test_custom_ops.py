@@ -7,7 +7,7 @@ import pytest
 from layers.backend import T, floatX, theano
 from layers.channel_norm import ChannelNormalise, plain_channel_normalise
 from layers.gemm_conv import gemm_conv2d
-from layers.nonlinearities import ELU, plain_elu
+from layers.nonlinearities import ELU, ELUGrad, plain_elu
 from layers.weight_norm import weight_norm
 
 
@@ -126,6 +126,20 @@ def test_even_kernels_are_refused():
         ours(x, w[:, :, :2, :2], b, gy)
 
 
+def test_empty_images_are_refused():
+    ours, _ = layers((False, False, None))
+    x, w, b, gy = _random_inputs((2, 3, 0, 5, 4, (3, 3)))
+    with pytest.raises(ValueError, match="empty images or kernel"):
+        ours(x, w, b, gy)
+
+
+def test_the_elu_gradient_refuses_a_gradient_of_another_size():
+    x, g = T.vector("x"), T.vector("g")
+    gradient = theano.function([x, g], ELUGrad()(x, g))
+    with pytest.raises(ValueError, match="ELUGrad: x and its gradient differ in size"):
+        gradient(np.zeros(5, floatX), np.zeros(4, floatX))
+
+
 def test_the_elu_op_and_its_gradient_match_the_plain_expression():
     x, g = T.vector("x"), T.vector("g")
 
@@ -142,7 +156,8 @@ def test_the_elu_op_and_its_gradient_match_the_plain_expression():
     # Within one unit in the last place of the exact values (below -87, where exp(x) is
     # under float32's smallest normal number, within 2e-38).
     x = values[0].astype(np.float64)
-    for got, exact in ((elu, np.where(x < 0, np.expm1(x), x)), (slope, np.where(x < 0, np.exp(x), 1))):
+    exact_elu, exact_slope = np.where(x < 0, np.expm1(x), x), np.where(x < 0, np.exp(x), 1)
+    for got, exact in ((elu, exact_elu), (slope, exact_slope)):
         error, ulp = np.abs(got - exact), np.spacing(np.abs(exact).astype(floatX))
         assert (error <= np.where(x < -87, 2e-38, ulp)).all()
 

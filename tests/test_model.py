@@ -161,6 +161,25 @@ def test_custom_ops_match_plain_theano_in_cost_and_all_gradients(fresh, monkeypa
     assert np.linalg.norm(want_flat[:COST]) > 0
 
 
+def test_the_gradient_function_writes_the_weights_gradients_into_the_flat_vector(
+        fresh, grad_fn, monkeypatch):
+    optimiser, in_place = type(fresh.optimiser), {}
+    flat_gradient = optimiser.flat_gradient
+
+    def recording(self, gradients, cost):
+        parts = self._flat_parts()[1]
+        in_place.update((name, g is part) for name, g, part in zip(fresh.params, gradients, parts))
+        return flat_gradient(self, gradients, cost)
+    monkeypatch.setattr(optimiser, "flat_gradient", recording)
+    _, flat = fresh.gradient(batch(), zero_noise(fresh))
+    got = fresh.params.split(flat.copy())
+    assert all(in_place[name] for name in in_place if name.endswith(("_w", "_s"))), in_place
+    monkeypatch.undo()
+    _, want = grad_fn(batch())  # the same gradients, returned as arrays of their own
+    for name in fresh.params:
+        np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
+
+
 def test_data_init_gives_the_stated_statistics(fresh, monkeypatch):
     outputs = []
 
@@ -276,6 +295,12 @@ def test_damaged_weights_files_are_named_with_the_problem(tmp_path):
     truncated.write_bytes(path.read_bytes()[:-40])
     with pytest.raises(WeightsError, match="truncated.ndict.tar.gz: truncated or corrupt"):
         load_ndict(truncated)
+    damaged = tmp_path / "damaged.ndict.tar.gz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="damaged.ndict.tar.gz: truncated or corrupt"):
+        load_ndict(damaged)
     other = tmp_path / "other.tar.gz"
     with tarfile.open(other, "w:gz") as tar:
         tar.add(path, arcname="arrays.npz")

@@ -214,7 +214,14 @@ def test_bad_input_exits_nonzero_with_one_sentence(case, args, prepare, expected
 def test_top_level_model_keys_set_the_options_and_default_to_the_models():
     import train
     from models import ModelConfig
-    assert ModelConfig(**train.resolved_config()["margs"]) == ModelConfig()
+    margs = train.resolved_config()["margs"]
+    assert ModelConfig(**margs) == ModelConfig()
+    # The original's defaults, as the README's options table states them.
+    assert (margs["n_h1"], margs["n_h2"], margs["n_z"]) == (160, 160, 32)
+    assert list(margs["depths"]) == [2, 2]
+    assert (margs["posterior"], margs["prior"], margs["kl_min"], margs["depth_ar"]) == \
+        ("down_diag", "diag", 0.25, 1)
+    assert (tuple(margs["shape_x"]), margs["px"], margs["pad_x"]) == ((3, 32, 32), "logistic", 0)
     cfg = train.resolved_config("quickstart", n_h=12, pad_x=2)
     assert cfg["margs"]["n_h1"] == cfg["margs"]["n_h2"] == 12
     for key in train.MODEL_SHORTCUTS:
