@@ -435,27 +435,39 @@ def write_samples(model, folder, epoch):
         save_image_grid(os.path.join(folder, name), model.decode(model.noise(*noise, range(100))))
 
 
+RESULTS = "results.txt"  # the original's table of reports, a line per report
+
+
 def append_results(folder, epoch, results):
-    """Add the report's line to results.txt, rewritten whole: a failed write (a full disk)
-    leaves the file as it was, never half a line."""
-    path = os.path.join(folder, "results.txt")
-    lines = ["Epoch " + " ".join(results) + "\n"]
-    if os.path.exists(path):
-        with open(path) as f:
-            lines = f.readlines()
+    """Add the report's line to results.txt (the header first, in a new file)."""
+    lines = read_results(folder) or ["Epoch " + " ".join(results) + "\n"]
     lines.append(f"{epoch} " + " ".join(repr(v) for v in results.values()) + "\n")
-    atomic_write(path, lambda f: f.write("".join(lines).encode()))
+    write_results(folder, lines)
 
 
 def trim_results(folder, reported_epochs):
     """Keep in results.txt only the reports a checkpoint knows of: a run killed between
     a report and the next checkpoint repeats that report when resumed."""
-    path = os.path.join(folder, "results.txt")
-    if os.path.exists(path):
-        with open(path) as f:
-            header, *lines = f.readlines()
-        kept = [line for line in lines if int(line.split()[0]) in reported_epochs]
-        atomic_write(path, lambda f: f.write("".join([header] + kept).encode()))
+    lines = read_results(folder)
+    if lines:
+        header, *reports = lines
+        write_results(folder, [header] + [line for line in reports
+                                          if int(line.split()[0]) in reported_epochs])
+
+
+def read_results(folder):
+    """The lines of results.txt, or [] if there is none yet."""
+    path = os.path.join(folder, RESULTS)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return f.readlines()
+
+
+def write_results(folder, lines):
+    """Rewrite results.txt whole: a failed write (a full disk) leaves it as it was, never
+    half a line."""
+    atomic_write(os.path.join(folder, RESULTS), lambda f: f.write("".join(lines).encode()))
 
 
 class Tee:

@@ -60,7 +60,7 @@ class _ELUOp(gof.Op):
     def c_support_code(self):
         return ELU_FUNCTIONS + OUTPUT_ARRAY
 
-    def loop(self, inputs, outputs, sub, g, expression):
+    def _loop(self, inputs, outputs, sub, g, expression):
         return _LOOP % dict(x=inputs[0], g=g, out=outputs[0], op=type(self).__name__,
                             fail=sub["fail"], expression=expression)
 
@@ -72,7 +72,7 @@ class ELU(_ELUOp):
     """``elu(x)``, elementwise; `layers.conv.Conv2d` folds it into the convolution it feeds."""
 
     def c_code(self, node, name, inputs, outputs, sub):
-        return self.loop(inputs, outputs, sub, g=inputs[0], expression="iaf_elu(xd[i])")
+        return self._loop(inputs, outputs, sub, g=inputs[0], expression="iaf_elu(xd[i])")
 
     def grad(self, inputs, output_grads):
         return [ELUGrad()(inputs[0], output_grads[0])]
@@ -82,8 +82,8 @@ class ELUGrad(_ELUOp):
     """``g * elu'(x)`` from x and the output gradient g."""
 
     def c_code(self, node, name, inputs, outputs, sub):
-        return self.loop(inputs, outputs, sub, g=inputs[1],
-                         expression="gd[i] * iaf_elu_slope(xd[i])")
+        return self._loop(inputs, outputs, sub, g=inputs[1],
+                          expression="gd[i] * iaf_elu_slope(xd[i])")
 
 
 def elu(h):
