@@ -1,7 +1,7 @@
 """Install: ``pip install -e .`` (Python 3.8-3.11; Theano 1.0.5 imports distutils).
 
 Pins that work together: Theano 1.0.5 needs numpy < 1.24 (it uses ``np.bool``), so numpy
-1.23.5. BLAS comes from the ``scipy-openblas32`` wheel (see layers/backend.py). scipy is
+1.23.5. BLAS comes from the ``scipy-openblas32`` wheel (see layers/runtime/backend.py). scipy is
 not needed: we only use Theano's compiled C modes; its Python-mode convolution would need
 an old scipy (``pip install scipy==1.10.1``) and is never selected by this code.
 Figures use matplotlib and Pillow. matplotlib 3.11 requires numpy >= 1.25, so it is excluded
@@ -16,8 +16,9 @@ setup(
     description="Faithful Python 3 reproduction of 'Improving Variational Inference with "
                 "Inverse Autoregressive Flow' (Kingma et al. 2016), in Theano, on the CPU",
     python_requires=">=3.8,<3.12",
-    packages=["layers", "models", "data", "configs"],
-    package_data={"layers": ["gemm_conv.c"]},
+    packages=["layers", "layers.ops", "layers.runtime", "models", "models.run", "data",
+              "configs"],
+    package_data={"layers.ops": ["*.c"]},
     py_modules=["train"],
     install_requires=[
         "numpy==1.23.5",

@@ -6,7 +6,7 @@
 For each config, fresh processes build the model and time it, all with one new Theano
 compile directory: the first finds it empty (cold compile: C code and graphs), the second
 reuses the C code but not the compiled functions (warm start: Theano optimises the graphs
-again), the third and fourth use the function cache (layers/function_cache.py; the third
+again), the third and fourth use the function cache (layers/runtime/function_cache.py; the third
 fills it, the fourth shows the cached start). Reported: those start times (process start,
 or for the cold one the data-dependent init, to the end of the first training step),
 seconds per training step (median over ``--steps`` after one warm-up step) and per
@@ -36,30 +36,27 @@ sys.path.insert(0, str(ROOT))
 def conv_flops(model, n):
     """Multiply-add FLOPs (x2) of every convolution of one forward pass on ``n`` images,
     counting the pad channel as the original's materialised input channel does."""
-    from layers import Conv2d
-
     def flops(conv, height, width):
         cin = conv.n_in + int(conv.has_pad_channel)
         cout = conv.n_out * conv.upsample ** 2
-        kh, kw = (2 * p + 1 for p in conv.pad)
+        kh, kw = conv.kernel_shape
         return 2 * n * cout * cin * kh * kw * (height // conv.downsample) * (width // conv.downsample)
 
     _, height, width = model.shape_x
     total = flops(model.x_enc, height, width) + flops(model.x_dec, height // 2, width // 2)
-    size = height // 2
-    for (i, _), layer in model.layers.items():
-        size_in, size = size, height // 2 ** (i + 1)
-        convs = [c for c in vars(layer).values() if isinstance(c, Conv2d)]
-        for conv in convs + layer.masked_convs:
-            at = size_in if conv in (layer.up_conv1, getattr(layer, "up_conv3", None)) else size
-            total += flops(conv, at, at)
+    size = model.config.level_size(0)
+    for (i, _), layer in model.vae_layers.items():
+        size_in, size = size, model.config.level_size(i)
+        for conv in layer.convs + layer.masked_convs:
+            # A downsampling layer's strided convs read the level above.
+            at = size_in if conv.downsample > 1 else size
+            total += flops(conv, *at)
     return total
 
 
 # Seconds for a thread pool to go idle: OpenBLAS's threads (the GEMM's) and OpenMP's (the
 # step's) keep spinning for a while after their work, so timed back to back each slows the
-# other (measured on 2 cores: the README example's step 247 instead of 187 ms, the GEMM 207
-# instead of 230 GFLOP/s; the training loop runs steps back to back, with no GEMM between).
+# other (the training loop runs steps back to back, with no GEMM between).
 QUIET_S = 0.25
 
 
@@ -71,7 +68,7 @@ def gemm_speed_meter(size=2048):
     on either side so that neither is timed while the other's threads still spin."""
     import numpy as np
 
-    from layers.backend import T, theano
+    from layers.runtime.backend import T, theano
 
     a, b = T.matrix(), T.matrix()
     gemm = theano.function([a, b], T.dot(a, b))
@@ -93,10 +90,13 @@ def measure(name, n_steps, n_batch, started, weights_path=None):
     one JSON line. Saves the weights to ``weights_path`` if given."""
     import numpy as np
 
-    from models import ModelConfig, ResNetVAE, save_ndict
+    from models.config import ModelConfig
+    from models.resnet_vae import ResNetVAE
+    from models.run.weights import save_ndict
+    from models.trainer import Trainer
     from train import resolved_config
 
-    model = ResNetVAE(ModelConfig(**resolved_config(name)["margs"]))
+    model = Trainer(ResNetVAE(ModelConfig(**resolved_config(name)["margs"])))
     x = np.random.RandomState(0).randint(0, 256, (n_batch, 3, 32, 32)).astype(np.uint8)
     images = range(n_batch)
     t0 = time.time()
@@ -121,9 +121,9 @@ def measure(name, n_steps, n_batch, started, weights_path=None):
         eval_times.append(time.time() - t0)
     peak = float(np.median(peaks))
     step = float(np.median(times))
-    fwd = conv_flops(model, n_batch)
+    fwd = conv_flops(model.model, n_batch)
     if weights_path:
-        save_ndict(model.get_weights(), weights_path)
+        save_ndict(model.weights(), weights_path)
     return {"config": name, "n_batch": n_batch, "n_params": model.params.size,
         "data_init_s": init_s, "compile_and_first_step_s": first_step_s,
         "start_to_first_step_s": start_to_first_step_s,
@@ -138,10 +138,13 @@ def evaluate_first_minibatch(name, n_batch, weights_path):
     """Runs in a child process: what `train.py evaluate` does up to its first number."""
     import numpy as np
 
-    from models import ModelConfig, ResNetVAE, load_ndict
+    from models.config import ModelConfig
+    from models.resnet_vae import ResNetVAE
+    from models.run.weights import load_ndict
+    from models.trainer import Trainer
     from train import resolved_config
 
-    model = ResNetVAE(ModelConfig(**resolved_config(name)["margs"]), draw_weights=False)
+    model = Trainer(ResNetVAE(ModelConfig(**resolved_config(name)["margs"]), draw_weights=False))
     model.set_weights(load_ndict(weights_path))
     x = np.random.RandomState(1).randint(0, 256, (n_batch, 3, 32, 32)).astype(np.uint8)
     return {"cost": float(model.evaluate(x, model.noise("eval", 0, range(n_batch)))["cost"].mean())}

@@ -33,22 +33,29 @@ def measure(name, n_steps, n_batch):
     import numpy as np
 
     import train
+    from models.run.resume import Settings
+    from models.run.start import build_trainer, get_data, initialise
 
     # One seed: the same data on every rank.
-    cfg = train.resolved_config(name, problem="toy", n_batch=n_batch, seed=0)
-    run = train.Run(cfg, folder=None, sacred_run=None)
-    train.initialise(run.model, cfg, run.train_x[:n_batch])
-    processes, order = train.processes, np.arange(len(run.train_x))
+    cfg = Settings(**train.resolved_config(name, problem="toy", n_batch=n_batch, seed=0))
+    processes = train.processes
+    train_x, _ = get_data(cfg, processes)
+    trainer = build_trainer(cfg)
+    initialise(trainer, cfg, processes, train_x[:n_batch])
     global_batch = n_batch * processes.size
 
     def step(k):
-        return run.step(order, np.arange(k * global_batch, (k + 1) * global_batch) % len(order))
+        """The training loop's step: this rank's share, the all-reduce, the update."""
+        mine = processes.share(np.arange(k * global_batch, (k + 1) * global_batch) % len(train_x))
+        vector = trainer.gradient(train_x[mine], trainer.noise("train", 0, mine))[1]
+        processes.sum_(vector.array)
+        trainer.apply_gradient(vector)
     step(0)  # compiles, or loads the cached functions
     t0 = time.time()
     for k in range(1, n_steps + 1):
         step(k)
     step_s = (time.time() - t0) / n_steps
-    flat = np.zeros(run.model.optimiser.gradient_size, np.float32)
+    flat = trainer.zero_gradient().array
     t0 = time.time()
     for _ in range(n_steps):
         processes.sum_(flat)

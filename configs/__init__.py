@@ -10,8 +10,8 @@ TABLE3 = {"problem": "cifar10", "n_h": 160, "depths": [10, 10],
 README_EXAMPLE = {"problem": "cifar10", "n_z": 32, "n_h": 64, "depths": [2, 2, 2],
                   "margs": {"depth_ar": 1, "posterior": "down_iaf2_nl", "kl_min": 0.25}}
 
-# The whole pipeline in about a minute on two CPU cores, no download: a small IAF
-# model on the procedural toy images; bits/dim falls and sample grids appear.
+# The whole pipeline in a short run, no download: a small IAF model on the procedural
+# toy images; bits/dim falls and sample grids appear.
 QUICKSTART = {"problem": "toy", "n_z": 8, "n_h": 32, "depths": [1, 1], "n_epochs": 6,
               "n_train": 1024, "n_batch": 32,
               "margs": {"depth_ar": 1, "posterior": "down_iaf2_nl", "kl_min": 0.25}}

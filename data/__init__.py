@@ -1,6 +1,7 @@
-"""Datasets for the IAF-VAE experiments: CIFAR-10 and a procedurally generated toy set.
+"""Datasets for the IAF-VAE experiments: CIFAR-10 (`cifar10`) and a procedurally generated
+toy set (`toy`). `load_dataset` returns uint8 image arrays of shape (N, 3, 32, 32) (NCHW).
 
-`load_dataset` returns uint8 image arrays of shape (N, 3, 32, 32) (NCHW).
+May import: numpy and the standard library; nothing else of this project.
 """
 import numbers
 

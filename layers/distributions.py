@@ -1,7 +1,7 @@
 """Log-densities of the model: diagonal Gaussian, discretised logistic, Bernoulli (docs/model.md §6, §8)."""
 import math
 
-from .backend import T
+from .runtime.backend import T
 
 
 def gaussian_diag_logps(z, mean, logvar):

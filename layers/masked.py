@@ -1,9 +1,8 @@
-"""Autoregressive (masked) convolutions and the IAF networks built from them (docs/model.md §3, §4)."""
+"""Autoregressive (masked) convolutions (docs/model.md §3)."""
 import numpy as np
 
-from .backend import floatX
-from .conv import Conv2d, convolve_together
-from .nonlinearities import nonlinearity
+from .conv import Conv2d
+from .runtime.backend import floatX
 
 
 def ar_mask(n_out, n_in, kernel, zerodiagonal, flipmask):
@@ -52,7 +51,7 @@ class MaskedConv2d(Conv2d):
     init_eps = 0.0
     norm_eps = 1e-8
 
-    def __init__(self, params, rng, name, n_in, n_out, kernel, zerodiagonal=True,
+    def __init__(self, initial, rng, name, n_in, n_out, kernel, zerodiagonal=True,
                  flipmask=False):
         self.mask = ar_mask(n_out, n_in, kernel, zerodiagonal, flipmask)
         # Before the norm, the original also zeroes the centre tap of the first output
@@ -61,76 +60,10 @@ class MaskedConv2d(Conv2d):
         if zerodiagonal:
             group = n_out // n_in if n_out >= n_in else 1
             self.norm_mask[:group, :, (kernel[0] - 1) // 2, (kernel[1] - 1) // 2] = 0
-        super().__init__(params, rng, name, n_in, n_out, kernel)
+        super().__init__(initial, rng, name, n_in, n_out, kernel)
         # Taps the mask zeroes for every filter cost nothing in the convolution.
         used = self.norm_mask[:, :n_in].reshape(n_out, n_in, -1).any(axis=(0, 1))
         self.taps = None if used.all() else tuple(np.flatnonzero(used))
 
     def initial_weights(self, rng, shape):
         return self.mask * super().initial_weights(rng, shape)
-
-
-class IAFNetwork:
-    """``ar_multiconv2d``: masked hidden convs with a context input, then masked outputs.
-
-    Hidden layer i: ``MaskedConv2d(f"{name}_{i}", zerodiagonal=False)`` then the nonlinearity,
-    with ``context`` added to the first hidden pre-activation. Outputs j:
-    ``MaskedConv2d(f"{name}_out_{j}", zerodiagonal=True)``, one per entry of the list
-    ``n_out``; returns their outputs as a list (docs/model.md §4).
-    """
-
-    def __init__(self, params, rng, name, n_in, n_hidden, n_out, kernel, flipmask=False,
-                 nl="elu"):
-        sizes = [n_in] + list(n_hidden)
-        self.nl = nonlinearity(nl)
-        self.hidden = [MaskedConv2d(params, rng, f"{name}_{i}", sizes[i], sizes[i + 1], kernel,
-                                    zerodiagonal=False, flipmask=flipmask)
-                       for i in range(len(n_hidden))]
-        self.outputs = [MaskedConv2d(params, rng, f"{name}_out_{j}", sizes[-1], n, kernel,
-                                     zerodiagonal=True, flipmask=flipmask)
-                        for j, n in enumerate(n_out)]
-
-    @property
-    def convs(self):
-        return self.hidden + self.outputs
-
-    def __call__(self, z, context, w):
-        h = z
-        for i, conv in enumerate(self.hidden):
-            h = conv(h, w)
-            if i == 0:
-                h = h + context
-            h = self.nl(h)
-        return convolve_together(self.outputs, h, w)
-
-
-class MaskedResNet:
-    """``ar.resnet``: the deep IAF of the ``*_deep`` posteriors.
-
-    ``{name}_input`` (masked, n_in -> n_h) plus context, then ``depth`` residual blocks
-    ``h + 0.1 * conv2(nl(conv1(nl(h))))`` of masked n_h -> n_h convs ``{name}_{i}_conv{1,2}``,
-    then masked outputs ``{name}_out_{j}``.
-    """
-
-    def __init__(self, params, rng, name, depth, n_in, n_h, n_out, kernel, flipmask=False,
-                 nl="elu"):
-        self.nl = nonlinearity(nl)
-        self.input = MaskedConv2d(params, rng, f"{name}_input", n_in, n_h, kernel,
-                                  zerodiagonal=False, flipmask=flipmask)
-        # The original builds the blocks without passing flipmask on.
-        self.blocks = [tuple(MaskedConv2d(params, rng, f"{name}_{i}_conv{c}", n_h, n_h, (3, 3),
-                                          zerodiagonal=False) for c in (1, 2))
-                       for i in range(depth)]
-        self.outputs = [MaskedConv2d(params, rng, f"{name}_out_{j}", n_h, n, kernel,
-                                     zerodiagonal=True, flipmask=flipmask)
-                        for j, n in enumerate(n_out)]
-
-    @property
-    def convs(self):
-        return [self.input] + [c for block in self.blocks for c in block] + self.outputs
-
-    def __call__(self, z, context, w):
-        h = self.input(z, w) + context
-        for conv1, conv2 in self.blocks:
-            h = h + 0.1 * conv2(self.nl(conv1(self.nl(h), w)), w)
-        return convolve_together(self.outputs, h, w)

@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Tuple, Union
 
-from layers import NONLINEARITIES
+from layers.nonlinearities import NONLINEARITIES
 
 PRIORS = ("diag", "diag2", "made")
 LIKELIHOODS = ("logistic", "bernoulli")
@@ -27,7 +27,7 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class Posterior:
+class PosteriorName:
     """A posterior name parsed into its parts (docs/model.md §6)."""
     where: str    # 'up': z sampled bottom-up; 'down': top-down
     kind: str     # 'diag', 'iaf1' (mean-only steps), 'iaf2' (mean and scale), 'tim'
@@ -81,7 +81,7 @@ class ModelConfig:
     kernel_x: Tuple[int, int] = (5, 5)  # kernel of x_enc and x_dec
     kernel_h: Tuple[int, int] = (3, 3)  # kernel of the layers
     kl_min: float = 0.25  # free bits per feature map (nats); 0 = none
-    optim: str = "adamax"
+    optim: str = "adamax"  # the original's choice of optimiser; 'adamax' is its only one here
     alpha: float = 0.002  # AdaMax step size
     beta1: float = 0.1  # 1 - momentum of the gradient's mean
     beta2: float = 0.001  # 1 - decay of its max norm, and the Polyak averaging rate
@@ -140,7 +140,13 @@ class ModelConfig:
 
     @property
     def parsed_posterior(self):
-        return Posterior.parse(self.posterior)
+        return PosteriorName.parse(self.posterior)
+
+    def level_size(self, level):
+        """Height and width of the feature maps of ``level`` (0 is the first, at half the
+        image's size: each level halves it again)."""
+        height, width = self.image_size
+        return height // 2 ** (level + 1), width // 2 ** (level + 1)
 
     def as_dict(self):
         """Plain JSON-able values (lists for tuples), as sacred and checkpoints hold them."""
@@ -163,6 +169,6 @@ def default_options(**derived):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
 
-__all__ = ["ConfigError", "ModelConfig", "Posterior", "POSTERIORS", "PRIORS", "LIKELIHOODS",
+__all__ = ["ConfigError", "ModelConfig", "PosteriorName", "POSTERIORS", "PRIORS", "LIKELIHOODS",
            "WEIGHTSHARING", "DOWNSAMPLE_TYPES", "OPTIMISERS", "option_names",
            "default_options"]

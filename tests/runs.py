@@ -1,22 +1,15 @@
 """Helpers for tests that run train.py in other processes and watch or patch them."""
-import textwrap
 import time
 from pathlib import Path
 
-TRAIN_PY = str(Path(__file__).resolve().parents[1] / "train.py")
+TESTS = Path(__file__).resolve().parent
+TRAIN_PY = str(TESTS.parent / "train.py")
 
 
-def train_program(argv, setup=""):
-    """A program for ``python -c``: it imports train.py as the module ``train`` (``rank``
-    is the process's MPI rank), runs ``setup`` (code that may patch ``train``), then
-    train.py's command line ``argv`` (without the script's name)."""
-    return textwrap.dedent(f"""
-        import json, os, sys
-        import numpy as np
-        sys.path.insert(0, {str(Path(TRAIN_PY).parent)!r})
-        import train
-        rank = train.processes.rank
-    """) + textwrap.dedent(setup) + f"\ntrain.main({[TRAIN_PY] + list(argv)!r})\n"
+def patched_train(patch, argv):
+    """Arguments for Python: train.py's command line ``argv`` (without the script's name),
+    run by tests/driver.py after its patch ``patch`` (``name`` or ``name=value``)."""
+    return [str(TESTS / "driver.py"), patch] + list(argv)
 
 
 def wait_for_checkpoints(proc, logs, count):

@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from layers import theano_patches
-from layers.backend import MPI_LAUNCHER_VARIABLES, theano
+from layers.runtime import patches
+from layers.runtime.backend import theano
+from models.run.processes import MPI_LAUNCHER_VARIABLES
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def fake_theano(version):
-    """An object with the attributes `theano_patches.apply` replaces, and their originals."""
+    """An object with the attributes `patches.apply` replaces, and their originals."""
     def method(self, *args, **kwargs):
         return ()
 
@@ -42,13 +43,13 @@ def _patched_attributes(fake):
 def test_the_patches_change_nothing_in_another_theano_version():
     fake, originals = fake_theano("1.0.4")
     with pytest.warns(UserWarning, match="written for Theano 1.0.5, not 1.0.4"):
-        theano_patches.apply(fake)
+        patches.apply(fake)
     assert _patched_attributes(fake) == originals
 
 
 def test_the_patches_apply_to_theano_1_0_5():
     fake, originals = fake_theano("1.0.5")
-    theano_patches.apply(fake)
+    patches.apply(fake)
     assert all(now is not before for now, before in zip(_patched_attributes(fake), originals))
     assert theano.gof.cc.CLinker.cmodule_key_._iaf_patched  # the real one, on import
 
@@ -60,7 +61,7 @@ def limit_file_size():
 
 def test_a_plain_process_does_not_initialise_mpi_even_under_a_file_size_limit():
     pytest.importorskip("mpi4py")
-    code = ("import layers, theano.tensor.io as io; from mpi4py import MPI; "
+    code = ("import layers.runtime.backend, theano.tensor.io as io; from mpi4py import MPI; "
             "print(io.mpi_enabled, MPI.Is_initialized())")
     env = {k: v for k, v in os.environ.items() if k not in MPI_LAUNCHER_VARIABLES}
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
@@ -76,8 +77,7 @@ def test_a_functions_missing_c_modules_are_compiled_ahead_by_worker_threads(tmp_
     code = """if True:
         import json, threading
         import numpy as np
-        import layers
-        from layers.backend import T, theano
+        from layers.runtime.backend import T, theano
         from theano.gof import cmodule
         runs, run = [], cmodule.output_subprocess_Popen
         def recorded(command, *args, **kwargs):
@@ -101,3 +101,13 @@ def test_a_functions_missing_c_modules_are_compiled_ahead_by_worker_threads(tmp_
     np.testing.assert_allclose(result["values"][:3], [[np.e + 1, np.exp(4) + 1],
                                                       [0, np.log(4)], [0, 1]], rtol=1e-6)
     assert result["values"][3] == 5
+
+
+def test_the_processes_of_a_run_are_found_without_importing_theano():
+    code = ("import sys; from models.run.processes import Processes; "
+            "print(Processes().size, 'theano' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in MPI_LAUNCHER_VARIABLES}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["1", "False"]

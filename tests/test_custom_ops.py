@@ -1,14 +1,18 @@
 """Our C ops against the plain Theano they replace: the batched-GEMM convolution layer
-against the original's ELU, pad channel, conv2d and bias, ELU and the weight-norm op
-against their elementwise expressions."""
+against the original's ELU, pad channel, conv2d and bias (with the ELU folded in by the
+graph rewrite), ELU, the weight-norm, channel-norm, parameter-view and optimiser ops
+against their plain twins or elementwise expressions."""
 import numpy as np
 import pytest
 
-from layers.backend import T, floatX, theano
-from layers.channel_norm import ChannelNormalise, plain_channel_normalise
-from layers.gemm_conv import gemm_conv2d
-from layers.nonlinearities import ELU, ELUGrad, plain_elu
-from layers.weight_norm import weight_norm
+from layers import ops
+from layers.ops import channel_norm, elementwise, views, weight_norm
+from layers.ops.channel_norm import ChannelNormalise
+from layers.ops.elementwise import ELU, ELUGrad
+from layers.ops.gemm_conv import GemmConv
+from layers.runtime.backend import T, floatX, theano
+
+plain_elu = elementwise.plain
 
 
 def _layer_and_grads(layer):
@@ -52,7 +56,7 @@ def layers(options):
     """Our op and the original's layer with these options, compiled once per module."""
     if options not in _compiled:
         elu_input, pad_channel, taps = options
-        ours = _layer_and_grads(lambda x, w, b: gemm_conv2d(x, w, b, taps, elu_input, pad_channel))
+        ours = _layer_and_grads(lambda x, w, b: GemmConv(taps, elu_input, pad_channel)(x, w, b))
         _compiled[options] = ours, _layer_and_grads(_original_layer(*options))
     return _compiled[options]
 
@@ -162,7 +166,7 @@ def test_the_elu_op_and_its_gradient_match_the_plain_expression():
         assert (error <= np.where(x < -87, 2e-38, ulp)).all()
 
 
-def _weight_norm_and_grads(norm, eps, mask=None):
+def _weight_norm_and_grads(norm, eps, mask):
     """f(v, s, g) -> (kernel, dL/dv, dL/ds) for L = sum(g * kernel)."""
     v, s, g = T.tensor4("v"), T.vector("s"), T.tensor4("g")
     kernel = norm(v, s, eps, mask)
@@ -180,7 +184,7 @@ def _plain_weight_norm(v, s, eps, mask):
 def test_weight_norm_op_matches_the_plain_expression(eps, masked):
     rng = np.random.RandomState(2)
     mask = (rng.rand(5, 4, 3, 3) > 0.4).astype(floatX) if masked else None
-    ours_wn = _weight_norm_and_grads(weight_norm, eps, mask)
+    ours_wn = _weight_norm_and_grads(weight_norm.custom, eps, mask)
     plain = _weight_norm_and_grads(_plain_weight_norm, eps, mask)
     inputs = (rng.randn(5, 4, 3, 3).astype(floatX), 0.3 * rng.randn(5).astype(floatX),
               rng.randn(5, 4, 3, 3).astype(floatX))
@@ -198,7 +202,7 @@ def test_weight_norm_op_matches_the_plain_expression(eps, masked):
 
 def test_weight_norm_of_a_fully_masked_filter_has_finite_gradients():
     # A masked convolution can zero a whole filter; the norm's epsilon keeps it at 0.
-    ours_wn = _weight_norm_and_grads(weight_norm, 1e-8)
+    ours_wn = _weight_norm_and_grads(weight_norm.custom, 1e-8, None)
     rng = np.random.RandomState(3)
     v = rng.randn(3, 2, 3, 3).astype(floatX)
     v[1] = 0
@@ -212,7 +216,7 @@ def test_weight_norm_of_a_fully_masked_filter_has_finite_gradients():
 def test_channel_normalise_op_matches_the_plain_expression(target_std, eps, zero_channel):
     h = T.tensor4("h")
     ours = theano.function([h], ChannelNormalise(target_std, eps)(h))
-    plain = theano.function([h], list(plain_channel_normalise(h, target_std, eps)))
+    plain = theano.function([h], list(channel_norm.plain(h, target_std, eps)))
     value = 3 * np.random.RandomState(4).randn(5, 6, 4, 3).astype(floatX) + 2
     if zero_channel:
         value[:, 2] = 1.5  # std 0: nothing is normalised
@@ -239,17 +243,18 @@ def _optimiser_after_one_update(custom_op, gradient, monkeypatch):
     params = FlatParameters.from_values(initial, "w")
     averages = params.like("avg")
     averages.set_buffer(rng.randn(averages.size))
-    monkeypatch.setattr(AdaMaxPolyak, "custom_op", custom_op)
+    monkeypatch.setattr(ops, "CUSTOM_OPS", custom_op)
     optimiser = AdaMaxPolyak(params, averages, {"masked_w": mask}, alpha=0.01, beta1=0.1,
                              beta2=0.01)
-    optimiser.set_state({"adamax_m": 0.1 * rng.randn(params.size),
-                         "adamax_u": rng.rand(params.size) + 1e-3})
-    update = optimiser.update_function()
+    optimiser.m.set_value((0.1 * rng.randn(params.size)).astype(floatX))
+    optimiser.u.set_value((rng.rand(params.size) + 1e-3).astype(floatX))
+    g = T.vector("g")
+    updates, applied = optimiser.update(g)
+    update = theano.function([g], applied, updates=updates, accept_inplace=True)
     assert ("AdaMaxPolyakStep" in str(update.maker.fgraph.toposort())) == custom_op
     applied = update(gradient)
-    state = optimiser.state()
-    return (params.buffer.copy(), averages.buffer.copy(), state["adamax_m"], state["adamax_u"],
-            bool(applied), mask)
+    return (params.buffer.copy(), averages.buffer.copy(), optimiser.m.get_value(),
+            optimiser.u.get_value(), bool(applied), mask)
 
 
 def test_optimiser_op_matches_the_plain_theano_update(monkeypatch):
@@ -273,3 +278,30 @@ def test_optimiser_op_changes_nothing_when_any_element_is_not_finite(monkeypatch
     assert not applied
     for got, want in zip(after, before):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("pad_channel,taps", [(True, None), (True, TAPS), (False, None)])
+def test_an_elu_in_front_of_the_convolution_is_folded_into_all_three_passes(pad_channel, taps):
+    # The model writes conv(elu(x)); the compiled graph has no ELU left, only the
+    # convolution ops with their ELU option, and computes the original's layer.
+    layer = _layer_and_grads(lambda x, w, b: ops.conv2d(ops.elu(x), w, b, (3, 3), 1,
+                                                        pad_channel, taps))
+    nodes = layer.maker.fgraph.apply_nodes
+    assert not any(isinstance(node.op, (ELU, ELUGrad)) for node in nodes)
+    convs = [node.op for node in nodes if type(node.op).__name__.startswith("GemmConv")]
+    assert len(convs) == 3 and all(op.elu_input for op in convs)
+    inputs = _random_inputs(SHAPES[0], pad_channel=pad_channel)
+    for got, want in zip(layer(*inputs), layers((True, pad_channel, taps))[1](*inputs)):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
+
+
+def test_parameter_views_op_gives_the_plain_slices():
+    shapes = [(2, 3), (), (4,), (1, 2, 1)]
+    flat = T.vector("flat")
+    got = theano.function([flat], views.custom(flat, shapes))
+    want = theano.function([flat], views.plain(flat, shapes))
+    assert [v.broadcastable for v in views.custom(flat, shapes)] == \
+        [v.broadcastable for v in views.plain(flat, shapes)]
+    values = np.arange(13, dtype=floatX)
+    for a, b in zip(got(values), want(values)):
+        np.testing.assert_array_equal(a, b)

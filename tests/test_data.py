@@ -10,8 +10,8 @@ from PIL import Image
 from cifar_files import write_cifar10_batch, write_fake_cifar10
 from data import DataError, load_dataset
 from data.cifar10 import TEST_FILE, TRAIN_FILES, URL, load_cifar10
-from data.files import atomic_write
-from data.pictures import image_grid, save_image_grid
+from layers.runtime.files import atomic_write
+from models.run.pictures import image_grid, save_image_grid
 from data.toy import toy_images
 
 N_PER_BATCH = 6

@@ -7,8 +7,11 @@ import shutil
 import numpy as np
 import pytest
 
-from layers import function_cache
-from models import ModelConfig, ResNetVAE, resnet_vae
+from layers.runtime import function_cache
+from models import trainer as trainer_module
+from models.config import ModelConfig
+from models.resnet_vae import ResNetVAE
+from models.trainer import Trainer
 
 TINY = ModelConfig(shape_x=(3, 8, 8), depths=[1, 1], n_h1=8, n_h2=8, n_z=4,
                    posterior="down_iaf2_nl")
@@ -45,7 +48,7 @@ def cache_folder(tmp_path, monkeypatch, filled):
 
 def model_and_log(seed):
     messages = []
-    model = ResNetVAE(TINY, seed=seed)
+    model = Trainer(ResNetVAE(TINY, seed=seed))
     model._cache.log = messages.append
     return model, messages
 
@@ -53,7 +56,7 @@ def model_and_log(seed):
 def evaluation(model):
     rng = np.random.RandomState(0)
     x = rng.randint(0, 256, (3, 3, 8, 8)).astype(np.uint8)
-    eps = [rng.randn(3, *shape).astype(np.float32) for shape in model.latent_shapes()]
+    eps = [rng.randn(3, *shape).astype(np.float32) for shape in model.model.latent_shapes()]
     return model.evaluate(x, eps)["cost"]
 
 
@@ -64,12 +67,13 @@ def test_a_loaded_function_computes_with_the_loading_models_parameters(cache_fol
     assert oct(entry.stat().st_mode & 0o777) == "0o600"
     assert first.avg_params.buffer[100:120].tobytes() not in entry.read_bytes()  # no weights
     second, messages = model_and_log(seed=2)  # other initial weights
-    monkeypatch.setattr(resnet_vae.theano, "function", lambda *a, **k: pytest.fail("compiled"))
+    monkeypatch.setattr(trainer_module.theano, "function",
+                        lambda *a, **k: pytest.fail("compiled"))
     loaded = evaluation(second)
     monkeypatch.undo()
     assert messages == []
     assert not np.allclose(loaded, compiled)  # its own weights, not the first model's
-    second.set_weights(first.get_weights())
+    second.set_weights(first.weights())
     np.testing.assert_array_equal(evaluation(second), compiled)
 
 
@@ -119,6 +123,14 @@ def test_the_key_covers_the_source_and_the_model(tmp_path):
     before = function_cache._source_digest([tmp_path])
     (tmp_path / "a.py").write_text("x = 2\n")
     assert function_cache._source_digest([tmp_path]) != before
-    paths = {ResNetVAE(ModelConfig(**{**TINY.as_dict(), **change}))._cache._path("eval")
+    paths = {Trainer(ResNetVAE(ModelConfig(**{**TINY.as_dict(), **change})))._cache._path("eval")
              for change in ({}, {"n_z": 8}, {"kl_min": 0.5})}
     assert len(paths) == 3
+
+
+def test_a_loaded_function_sees_parameters_replaced_after_it_was_loaded(cache_folder, filled):
+    _, first, compiled = filled
+    second, _ = model_and_log(seed=2)
+    assert not np.allclose(evaluation(second), compiled)  # loaded, with its own weights
+    second.avg_params.set_buffer(first.avg_params.buffer)  # a new array in their place
+    np.testing.assert_array_equal(evaluation(second), compiled)

@@ -3,8 +3,12 @@ from the posterior, and what each latent layer carries (KL, active units)."""
 import numpy as np
 import pytest
 
-from layers.backend import T, floatX, theano
-from models import ModelConfig, ResNetVAE
+from layers.runtime.backend import T, floatX, theano
+from models.config import ModelConfig
+from models.resnet_vae import ResNetVAE
+from models.run.inspection import latent_layers
+from models.run.processes import Processes
+from models.trainer import Trainer
 
 TINY = dict(shape_x=(3, 8, 8), depths=[1, 1], n_h1=8, n_h2=8, n_z=4, posterior="down_diag")
 
@@ -13,9 +17,13 @@ def images(n=6):
     return np.random.RandomState(0).randint(0, 256, (n, 3, 8, 8)).astype(np.uint8)
 
 
+def trainer(config=TINY, seed=2):
+    return Trainer(ResNetVAE(ModelConfig(**config), seed=seed))
+
+
 @pytest.fixture(scope="module")
 def model():
-    m = ResNetVAE(ModelConfig(**TINY), seed=2)
+    m = trainer()
     m.data_init(images(), m.noise("init", 0, range(6)))
     return m
 
@@ -24,8 +32,8 @@ def test_temperature_zero_gives_the_same_images_for_every_noise(model):
     zero = [0 * e for e in model.noise("sample", 0, range(5))]
     first = model.decode(zero)
     np.testing.assert_array_equal(model.decode(zero), first)
-    other_seed = ResNetVAE(ModelConfig(**TINY), seed=7)
-    other_seed.set_weights(model.get_weights())
+    other_seed = trainer(seed=7)
+    other_seed.set_weights(model.weights())
     np.testing.assert_array_equal(other_seed.decode([0 * e for e in other_seed.noise(
         "sample", 3, range(5))]), first)
     assert not np.array_equal(model.decode(model.noise("sample", 0, range(5))), first)
@@ -33,11 +41,11 @@ def test_temperature_zero_gives_the_same_images_for_every_noise(model):
 
 @pytest.mark.parametrize("prior", ["diag", "made"])
 def test_temperature_scales_the_spread_of_z_about_the_prior_mean(prior):
-    m = ResNetVAE(ModelConfig(**{**TINY, "prior": prior, "posterior": "down_iaf2"}), seed=3)
-    layer = m.layers[1, 0]
+    m = trainer({**TINY, "prior": prior, "posterior": "down_iaf2"}, seed=3)
+    layer = m.model.vae_layers[1, 0]
     h, eps = T.tensor4("h"), T.tensor4("eps")
-    z = theano.function([h, eps], layer._prior_sample(layer.down_parts.split(h), eps,
-                                                      m.avg_params))
+    z = theano.function([h, eps], layer.prior.sample(layer.down_parts.split(h), eps,
+                                                     m.avg_params))
     rng = np.random.RandomState(1)
     h0 = rng.randn(4, layer.down_parts.n_channels, 4, 4).astype(floatX)
     e0 = rng.randn(4, 4, 4, 4).astype(floatX)
@@ -54,7 +62,7 @@ def test_reconstruction_from_every_posterior_layer_is_the_evaluation_graphs_mean
     x = images(4)
     eps = model.noise("eval", 0, range(4))
     xs, es = model._inputs()
-    mean = theano.function([xs] + es, model._inference(xs, es, model.avg_params)[1])(x, *eps)
+    mean = theano.function([xs] + es, model.model.inference(xs, es, model.avg_params)[1])(x, *eps)
     prior_eps = model.noise("sample", 0, range(4))
     both = model.reconstruct(x, eps, prior_eps, [1, 1])
     np.testing.assert_array_equal(both, (256 * mean).astype(np.uint8))
@@ -67,26 +75,21 @@ def test_reconstruction_from_every_posterior_layer_is_the_evaluation_graphs_mean
 def test_a_layer_forced_onto_its_prior_has_no_kl_and_no_active_units(model):
     """Zero the bottom-up and top-down posterior and prior outputs of layer 1_0: then
     q = p = N(0, 1) there, whatever the image."""
-    import train
-
-    weights = model.get_weights()
-    model = ResNetVAE(ModelConfig(**TINY), seed=2)  # a copy, to change
-    layer = model.layers[1, 0]
+    weights = model.weights()
+    model = trainer()  # a copy, to change
+    layer = model.model.vae_layers[1, 0]
     for conv, parts in ((layer.up_conv1, layer.up_parts), (layer.down_conv1, layer.down_parts)):
-        start = 0
-        for name, n in parts.sizes.items():
+        for name in parts.sizes:
             if name in ("qz_mean", "qz_logsd", "pz_mean", "pz_logsd", "rz_mean", "rz_logsd"):
-                weights[conv.s_name][start:start + n] = -40  # exp(3 s) is 0 in float32
-                weights[conv.b_name][start:start + n] = 0
-            start += n
+                weights[conv.s_name][parts.slice(name)] = -40  # exp(3 s) is 0 in float32
+                weights[conv.b_name][parts.slice(name)] = 0
     # Layer 0_0's posterior mean, std 0.1 after data-dependent init, made 10 times wider.
-    bottom = model.layers[0, 0]
-    qz_mean = slice(bottom.up_parts.sizes["h"], bottom.up_parts.sizes["h"] + 4)
-    weights[bottom.up_conv1.s_name][qz_mean] += np.log(10) / 3
+    bottom = model.model.vae_layers[0, 0]
+    weights[bottom.up_conv1.s_name][bottom.up_parts.slice("qz_mean")] += np.log(10) / 3
     model.set_weights(weights)
     x = images(6)
     elbo = float(model.evaluate(x, model.noise("eval", 0, range(6)))["elbo"].mean())
-    report = train.latent_layers(model, x, 3, elbo)
+    report = latent_layers(model, x, 3, elbo, Processes())
     assert report["001_000"]["kl_nats"] == 0 and report["001_000"]["active_units"] == 0
     assert report["001_000"]["floored_maps"] == 4  # every map below kl_min = 0.25
     assert report["000_000"]["kl_nats"] > 1 and report["000_000"]["active_units"] > 0

@@ -5,9 +5,12 @@ import math
 import numpy as np
 import pytest
 
-from layers import (Conv2d, IAFNetwork, MaskedConv2d, ar_mask, depth_to_space,
-                    discretized_logistic_logps, gaussian_diag_logps, nonlinearity)
-from layers.backend import T, floatX, theano
+from layers.conv import Conv2d, depth_to_space
+from layers.distributions import discretized_logistic_logps, gaussian_diag_logps
+from layers.iaf import IAFNetwork
+from layers.masked import MaskedConv2d, ar_mask
+from layers.nonlinearities import nonlinearity
+from layers.runtime.backend import T, floatX, theano
 
 
 def symbolic(params):

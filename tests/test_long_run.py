@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models import load_ndict
-from models.checkpoint import load_checkpoint
-from runs import train_program
+from models.run.checkpoint import load_checkpoint
+from models.run.weights import load_ndict
+from runs import TRAIN_PY, patched_train
 
 ROOT = Path(__file__).resolve().parents[1]
 # 32 images in minibatches of 2: 16 steps (and 16 checkpoints) per epoch, a report per epoch.
-SOAK_EPOCHS = 40
+SOAK_EPOCHS = 12
 SOAK = ["problem=toy", "n_train=32", "n_batch=2", "n_h=8", "n_z=4", "depths=[1,1]",
         "n_reporting=1", "checkpoint_minutes=0", f"n_epochs={SOAK_EPOCHS}", "seed=3"]
 # Every file a run folder holds, but the sample grids (two per report, as the original).
@@ -26,8 +26,8 @@ RUN_FILES = {"command.sh", "config.json", "log.txt", "results.txt", "learning_cu
              "checkpoint.prev.npz"}
 
 
-def train_command(args, setup=""):
-    return [sys.executable, "-c", train_program(args, setup)]
+def train_command(args, patch=None):
+    return [sys.executable] + (patched_train(patch, args) if patch else [TRAIN_PY] + args)
 
 
 def run(command, logs, check=True, preexec_fn=None):
@@ -43,27 +43,10 @@ def folder_of(logs):
     return folder
 
 
-# After each report: the epoch, the process's resident memory and the run folder's files.
-RECORD_EPOCHS = """
-    def resident_bytes():
-        with open("/proc/self/status") as f:
-            pages = [line for line in f if line.startswith("VmRSS:")][0]
-        return int(pages.split()[1]) * 1024
-
-    report = train.Run.report
-    def recorded_report(self, dt, train_cost):
-        report(self, dt, train_cost)
-        files = {e.name: e.stat().st_size for e in os.scandir(self.folder)}
-        with open(os.path.join(self.folder, os.pardir, "epochs.jsonl"), "a") as f:
-            f.write(json.dumps([self.state.epoch, resident_bytes(), files]) + "\\n")
-    train.Run.report = recorded_report
-"""
-
-
 @pytest.fixture(scope="module")
 def soak(tmp_path_factory):
     logs, observer = tmp_path_factory.mktemp("soak"), tmp_path_factory.mktemp("observer")
-    run(train_command(["-F", str(observer), "with"] + SOAK, RECORD_EPOCHS), logs)
+    run(train_command(["-F", str(observer), "with"] + SOAK, "record_epochs"), logs)
     epochs = [json.loads(line) for line in (logs / "epochs.jsonl").read_text().splitlines()]
     return folder_of(logs), epochs, observer / "1"
 

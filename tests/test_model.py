@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 
 from data.toy import toy_images
-from layers import Conv2d, MaskedConv2d
-from layers.backend import T, floatX, theano
-from models import (POSTERIORS, ConfigError, ModelConfig, ResNetVAE, WeightsError, load_ndict,
-                    save_ndict)
-from models.optim import COST
+from layers import ops
+from layers.conv import Conv2d
+from layers.masked import MaskedConv2d
+from layers.runtime.backend import T, floatX, theano
+from models.config import POSTERIORS, ConfigError, ModelConfig
+from models.optim import GradientVector
+from models.resnet_vae import ResNetVAE
+from models.run.weights import WeightsError, load_ndict, save_ndict
+from models.trainer import Trainer
 
 # The original's parameter lists (name shape per line, the config on the first line).
 REFERENCE = Path(__file__).resolve().parent / "data"
@@ -22,7 +26,7 @@ TINY = dict(shape_x=(3, 8, 8), depths=[1, 1], n_h1=8, n_h2=8, n_z=4, depth_ar=1,
 
 
 def tiny_model(**changes):
-    return ResNetVAE(ModelConfig(**{**TINY, **changes}), seed=3)
+    return Trainer(ResNetVAE(ModelConfig(**{**TINY, **changes}), seed=3))
 
 
 def batch(n=8):
@@ -31,11 +35,11 @@ def batch(n=8):
 
 def zero_noise(model, n=8):
     """Posterior noise that makes every sample its mean: a deterministic model."""
-    return [np.zeros((n,) + shape, floatX) for shape in model.latent_shapes()]
+    return [np.zeros((n,) + shape, floatX) for shape in model.model.latent_shapes()]
 
 
 def symbolic_noise(model):
-    return [T.tensor4(f"eps{k}") for k in range(len(model.layers))]
+    return [T.tensor4(f"eps{k}") for k in range(len(model.model.vae_layers))]
 
 
 def reference_config(header):
@@ -67,8 +71,8 @@ def test_every_reference_list_is_in_the_repository():
 def test_parameter_names_and_shapes_match_the_reference(path):
     header, *lines = path.read_text().splitlines()
     expected = dict(line.split(" ", 1) for line in lines if line.strip())
-    model = ResNetVAE(ModelConfig(**reference_config(header)))
-    got = {name: str(shape) for name, shape in model.params.shapes.items()}
+    model = ResNetVAE(ModelConfig(**reference_config(header)), draw_weights=False)
+    got = {name: str(np.shape(value)) for name, value in model.initial.items()}
     assert got == expected
 
 
@@ -97,31 +101,31 @@ def model():
     # kl_min=0: the free-bits floor is a kink that finite differences may straddle.
     m = tiny_model(kl_min=0.0)
     assert m.data_init(batch(), zero_noise(m)) == []
-    m.snapshot = (m.get_weights(False), m.get_weights(True), m.optimiser.state())
+    m.snapshot = m.training_state()
     return m
 
 
 @pytest.fixture
 def fresh(model):
     """The module's model, reset to its state right after data-dependent init."""
-    params, averages, state = model.snapshot
-    model.set_weights(params, which=("params",))
-    model.set_weights(averages, which=("avg_params",))
-    model.optimiser.set_state(state)
+    model.set_training_state(model.snapshot)
     return model
 
 
 def cost_and_gradients(model):
     """A compiled f(x, *eps) -> [summed cost, gradient of every parameter...]."""
     x, eps = T.tensor4("x", dtype="uint8"), symbolic_noise(model)
-    cost = model._graph(x, eps, model.params)["cost"].sum()
+    cost = model.model.costs(x, eps, model.params)["cost"].sum()
     return theano.function([x] + eps, [cost] + model.optimiser.gradients(cost))
 
 
 def flat_gradient(model, f, *inputs):
-    """A copy of the optimiser's flat vector [gradient, cost, 0, 0] from `cost_and_gradients`."""
+    """The summed cost and a flat copy of the gradient, from `cost_and_gradients`."""
     cost, *grads = f(*inputs)
-    return model.optimiser.flat_gradient(grads, cost).copy()
+    vector = GradientVector(model.params)
+    for part, gradient in zip(vector.parts, grads):
+        part[...] = gradient
+    return cost, vector.gradient
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +134,8 @@ def grad_fn(model):
     f = cost_and_gradients(model)
 
     def cost_and_named_gradients(x):
-        flat = flat_gradient(model, f, x, *zero_noise(model, len(x)))
-        return flat[COST], model.params.split(flat)
+        cost, flat = flat_gradient(model, f, x, *zero_noise(model, len(x)))
+        return cost, model.params.split(flat)
     return cost_and_named_gradients
 
 
@@ -141,14 +145,15 @@ def _ops(function):
 
 def test_custom_ops_match_plain_theano_in_cost_and_all_gradients(fresh, monkeypatch):
     fast = cost_and_gradients(fresh)
-    monkeypatch.setattr(Conv2d, "custom_ops", False)  # the plain version, same weights
+    monkeypatch.setattr(ops, "CUSTOM_OPS", False)  # the plain version, same weights
     plain = cost_and_gradients(fresh)
     for op in ("GemmConv", "WeightNorm"):
         assert op in _ops(fast) and op not in _ops(plain)
     noise = [np.random.RandomState(k).randn(*e.shape).astype(floatX)
              for k, e in enumerate(zero_noise(fresh))]
-    got_flat, want_flat = (flat_gradient(fresh, f, batch(), *noise) for f in (fast, plain))
-    assert got_flat[COST] == pytest.approx(want_flat[COST], rel=1e-5)
+    (got_cost, got_flat), (want_cost, want_flat) = (flat_gradient(fresh, f, batch(), *noise)
+                                                    for f in (fast, plain))
+    assert got_cost == pytest.approx(want_cost, rel=1e-5)
     for name, got, want in zip(fresh.params, fresh.params.split(got_flat).values(),
                                fresh.params.split(want_flat).values()):
         # Float32 sums in another order differ by ~1e-6 of the gradient's norm; a wrong
@@ -158,23 +163,29 @@ def test_custom_ops_match_plain_theano_in_cost_and_all_gradients(fresh, monkeypa
         # two versions' rounding shows up to ~3e-5 of the norm.
         error = np.linalg.norm(np.asarray(got, np.float64) - want)
         assert error <= 1e-4 * np.linalg.norm(want), (name, error, np.linalg.norm(want))
-    assert np.linalg.norm(want_flat[:COST]) > 0
+    assert np.linalg.norm(want_flat) > 0
 
 
 def test_the_gradient_function_writes_the_weights_gradients_into_the_flat_vector(
         fresh, grad_fn, monkeypatch):
-    optimiser, in_place = type(fresh.optimiser), {}
-    flat_gradient = optimiser.flat_gradient
+    fresh.gradient(batch(), zero_noise(fresh))  # compiled
+    compiled, returned = fresh._compiled["gradient"][0], []
 
-    def recording(self, gradients, cost):
-        parts = self._flat_parts()[1]
-        in_place.update((name, g is part) for name, g, part in zip(fresh.params, gradients, parts))
-        return flat_gradient(self, gradients, cost)
-    monkeypatch.setattr(optimiser, "flat_gradient", recording)
-    _, flat = fresh.gradient(batch(), zero_noise(fresh))
-    got = fresh.params.split(flat.copy())
+    class Recording:  # the compiled function, keeping what it returns
+        output_storage = compiled.output_storage
+
+        def __call__(self, *inputs):
+            returned.extend(compiled(*inputs))
+            return returned
+    monkeypatch.setitem(fresh._compiled, "gradient", (Recording(), None))
+    cost, vector = fresh.gradient(batch(), zero_noise(fresh))
+    got = fresh.params.split(vector.gradient.copy())
+    # The ops wrote the gradients into the vector's parts, not into arrays of their own.
+    in_place = {name: gradient is part
+                for name, gradient, part in zip(fresh.params, returned[2:], vector.parts)}
     assert all(in_place[name] for name in in_place if name.endswith(("_w", "_s"))), in_place
-    monkeypatch.undo()
+    assert vector["cost"] == pytest.approx(cost.sum(), rel=1e-6)
+    assert vector["stop"] == vector["checkpoint"] == 0
     _, want = grad_fn(batch())  # the same gradients, returned as arrays of their own
     for name in fresh.params:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
@@ -183,13 +194,13 @@ def test_the_gradient_function_writes_the_weights_gradients_into_the_flat_vector
 def test_data_init_gives_the_stated_statistics(fresh, monkeypatch):
     outputs = []
 
-    def recording(self, h, w, _output=Conv2d.output):  # masked convs inherit it
-        h = _output(self, h, w)
+    def recording(self, h, params, _output=Conv2d.output):  # masked convs inherit it
+        h = _output(self, h, params)
         outputs.append((self, h))
         return h
     monkeypatch.setattr(Conv2d, "output", recording)
     x, eps = T.tensor4("x", dtype="uint8"), symbolic_noise(fresh)
-    fresh._graph(x, eps, fresh.params)
+    fresh.model.costs(x, eps, fresh.params)
     values = theano.function([x] + eps, [h for _, h in outputs])(batch(), *zero_noise(fresh))
     assert len(values) == 4 * 2 + 2 + 2 * 3  # four convs per layer, x_enc/x_dec, IAF convs
     for (conv, _), h in zip(outputs, values):
@@ -201,7 +212,7 @@ def test_data_init_gives_the_stated_statistics(fresh, monkeypatch):
 def test_gradients_match_finite_differences(fresh, grad_fn):
     x = batch()
     rng = np.random.RandomState(0)
-    start = fresh.get_weights(False)
+    start = fresh.weights(False)
     _, grads = grad_fn(x)
     for trial in range(3):
         # Perturb each parameter in proportion to its own scale; float32 needs a step
@@ -221,11 +232,11 @@ def test_gradients_match_finite_differences(fresh, grad_fn):
 
 def test_adamax_step_polyak_average_and_remasking(fresh, grad_fn):
     x = batch()
-    w0 = fresh.get_weights(False)
+    w0 = fresh.weights(False)
     _, grads = grad_fn(x)
     assert fresh.train_step(x, zero_noise(fresh))[1]
-    w1, avg1 = fresh.get_weights(False), fresh.get_weights(True)
-    masks = {c.w_name: c.mask for c in fresh.masked_convs}
+    w1, avg1 = fresh.weights(False), fresh.weights(True)
+    masks = {c.w_name: c.mask for c in fresh.model.masked_convs}
     for n, g in grads.items():
         # First step: m = 0.1 g, u = max(0.999e-8, |g| + 1e-8) (docs/model.md §10).
         expected = w0[n] - 0.002 * (0.1 * g) / np.maximum(0.999e-8, np.abs(g) + 1e-8)
@@ -233,7 +244,7 @@ def test_adamax_step_polyak_average_and_remasking(fresh, grad_fn):
         np.testing.assert_allclose(w1[n], expected, rtol=1e-4, atol=1e-7, err_msg=n)
         np.testing.assert_allclose(avg1[n], w0[n], rtol=1e-6, atol=1e-8, err_msg=n)
     fresh.train_step(x, zero_noise(fresh))
-    avg2, w2 = fresh.get_weights(True), fresh.get_weights(False)
+    avg2, w2 = fresh.weights(True), fresh.weights(False)
     for n in grads:
         np.testing.assert_allclose(avg2[n], 0.001 * w1[n] + 0.999 * avg1[n], rtol=1e-5,
                                    atol=1e-8, err_msg=n)
@@ -242,16 +253,13 @@ def test_adamax_step_polyak_average_and_remasking(fresh, grad_fn):
 
 
 def test_non_finite_cost_leaves_every_variable_unchanged(fresh):
-    before = fresh.get_weights(True), fresh.optimiser.state()
     fresh.params.set_values({"logsd_x": np.nan})
+    before = fresh.training_state()
     cost, applied = fresh.train_step(batch(), zero_noise(fresh))
     assert np.isnan(cost).all() and not applied
-    assert np.isnan(fresh.get_weights(False)["logsd_x"])
-    after_avg, after_state = fresh.get_weights(True), fresh.optimiser.state()
-    for name, value in before[0].items():
-        np.testing.assert_array_equal(after_avg[name], value)
-    for name, value in before[1].items():
-        np.testing.assert_array_equal(after_state[name], value)
+    assert np.isnan(fresh.weights(False)["logsd_x"])
+    for name, value in fresh.training_state().items():
+        np.testing.assert_array_equal(value, before[name], err_msg=name)
 
 
 def test_training_cost_falls_on_a_fixed_batch(fresh):
@@ -278,7 +286,7 @@ def test_save_load_round_trip_reproduces_evaluation(fresh, tmp_path):
     fresh.train_step(x, zero_noise(fresh))
     before = fresh.evaluate(x, zero_noise(fresh))
     path = tmp_path / "weights.ndict.tar.gz"
-    save_ndict(fresh.get_weights(), path)
+    save_ndict(fresh.weights(), path)
     loaded = load_ndict(path)
     assert sorted(loaded) == list(loaded) == sorted(fresh.params)
     fresh.avg_params.set_buffer(np.zeros(fresh.avg_params.size))
@@ -309,7 +317,7 @@ def test_damaged_weights_files_are_named_with_the_problem(tmp_path):
 
 
 def test_loading_incomplete_or_misshapen_weights_says_which(fresh):
-    weights = fresh.get_weights()
+    weights = fresh.weights()
     missing = dict(weights)
     del missing["0_0_up_conv2_w"]
     with pytest.raises(ConfigError, match="0_0_up_conv2_w"):
@@ -328,7 +336,7 @@ def test_loading_incomplete_or_misshapen_weights_says_which(fresh):
 ])
 def test_weights_of_another_config_are_refused_in_one_sentence_naming_the_option(
         fresh, other, expected):
-    weights = tiny_model(**other).get_weights()
+    weights = tiny_model(**other).weights()
     with pytest.raises(ConfigError) as err:
         fresh.set_weights(weights, source="w.ndict.tar.gz")
     message = str(err.value)
@@ -356,13 +364,13 @@ def test_free_bits_floor_every_feature_map():
 
 def test_made_prior_sample_is_the_exact_autoregressive_fixed_point():
     model = tiny_model(prior="made", depth_ar=2)
-    layer = model.layers[0, 0]
+    layer = model.model.vae_layers[0, 0]
     rng = np.random.RandomState(4)
     model.params.set_buffer(rng.randn(model.params.size) * 0.5)
     h, eps, z = T.tensor4("h"), T.tensor4("eps"), T.tensor4("z")
     parts = layer.down_parts.split(h)
-    sample = theano.function([h, eps], layer._sample_made(parts, eps, model.params))
-    made = theano.function([z, h], layer._made(z, parts, model.params))
+    sample = theano.function([h, eps], layer.prior.sample(parts, eps, model.params))
+    made = theano.function([z, h], layer.prior._mean_logsd(z, parts, model.params))
     h0 = rng.randn(2, layer.down_parts.n_channels, 4, 4).astype(floatX)
     eps0 = rng.randn(2, TINY["n_z"], 4, 4).astype(floatX)
     z0 = sample(h0, eps0)

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from cifar_files import write_fake_cifar10
-from models import load_ndict
-from models.checkpoint import load_checkpoint
-from runs import train_program, wait_for_checkpoints
+from models.run.checkpoint import load_checkpoint
+from models.run.weights import load_ndict
+from runs import patched_train, wait_for_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 MPIEXEC = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
@@ -42,11 +42,6 @@ def run(command, logs, check=True, timeout=900):
 
 def train(args):
     return [str(ROOT / "train.py"), "with"] + TINY + args + [SEED]
-
-
-def patched_train(args, setup):
-    """Arguments for Python: train.py with ``args`` after ``setup`` (`train_program`)."""
-    return ["-c", train_program(["with"] + args, setup)]
 
 
 def only_folder(logs):
@@ -112,27 +107,14 @@ def test_evaluation_gives_one_set_of_numbers_for_any_minibatch_and_number_of_ran
     assert outputs["2 ranks x 4"].count("the original's bits/dim") == 1  # rank 1 prints nothing
 
 
-def recording_checkpoints(folder):
-    """Driver set-up: each rank writes the epoch and image of its latest checkpoint to
-    ``folder/rank<r>.json``."""
-    return f"""
-        save = train.Run.save
-        def recorded_save(self):
-            save(self)
-            with open(os.path.join({str(folder)!r}, f"rank{{rank}}.json"), "w") as f:
-                json.dump([self.state.epoch, self.state.images_done], f)
-        train.Run.save = recorded_save
-    """
-
-
 def test_sigint_stops_both_ranks_at_one_step_and_sigkill_of_a_rank_resumes_exactly(
         two_ranks, tmp_path):
     stops = tmp_path / "stops"
     stops.mkdir()
     logs = tmp_path / "logs"
     logs.mkdir()
-    proc = launch(mpiexec(2, patched_train(TINY + ["n_batch=4", SEED],
-                                           recording_checkpoints(stops))), logs)
+    proc = launch(mpiexec(2, patched_train(f"record_checkpoints={stops}",
+                                           ["with"] + TINY + ["n_batch=4", SEED])), logs)
     wait_for_checkpoints(proc, logs, 3)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=300)
@@ -168,20 +150,10 @@ def test_sigint_stops_both_ranks_at_one_step_and_sigkill_of_a_rank_resumes_exact
 ])
 def test_ranks_whose_parameters_differ_stop_before_anything_is_written_from_them(
         tmp_path, drift_at_step, checkpoint_minutes, checkpoint_images):
-    drift = f"""
-        if rank == 1:  # rank 1 alone drifts from rank 0 in one update
-            apply_gradient, calls = train.ResNetVAE.apply_gradient, []
-            def drifting(self, flat):
-                applied = apply_gradient(self, flat)
-                calls.append(1)
-                if len(calls) == {drift_at_step}:
-                    self.params.buffer[0] += 1e-3
-                return applied
-            train.ResNetVAE.apply_gradient = drifting
-    """
     args = [a for a in TINY if "checkpoint" not in a] + \
         ["n_batch=4", f"checkpoint_minutes={checkpoint_minutes}", SEED]
-    proc = run(mpiexec(2, patched_train(args, drift)), tmp_path, check=False, timeout=600)
+    proc = run(mpiexec(2, patched_train(f"drift_at_update={drift_at_step}", ["with"] + args)),
+               tmp_path, check=False, timeout=600)
     assert proc.returncode != 0
     assert "the parameters of rank(s) [1] differ from rank 0's" in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -211,19 +183,9 @@ def rank_pid(rank, logs):
 
 
 def test_a_non_finite_gradient_on_one_rank_stops_both(tmp_path):
-    poison = """
-        if rank == 1:  # rank 1 alone gets a NaN in its third gradient
-            gradient, calls = train.ResNetVAE.gradient, []
-            def poisoned(self, x, eps):
-                cost, flat = gradient(self, x, eps)
-                calls.append(1)
-                if len(calls) == 3:
-                    flat[0] = np.nan
-                return cost, flat
-            train.ResNetVAE.gradient = poisoned
-    """
     # Without a seed: the ranks must all take rank 0's.
-    proc = run(mpiexec(2, patched_train(TINY + ["n_batch=4"], poison)), tmp_path, check=False,
+    proc = run(mpiexec(2, patched_train("poison_gradient=3", ["with"] + TINY + ["n_batch=4"])),
+               tmp_path, check=False,
                timeout=600)
     assert proc.returncode != 0
     assert "non-finite cost or gradient at epoch 0, image 16" in proc.stderr

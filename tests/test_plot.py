@@ -6,7 +6,7 @@ import pytest
 from matplotlib.colors import to_rgb
 from PIL import Image
 
-from data.plot import FLOOR_COLOUR, save_learning_curve
+from models.run.plot import FLOOR_COLOUR, save_learning_curve
 
 WIDTH, HEIGHT = 800, 700  # 8x7 inches at 100 dpi
 MIDDLE = HEIGHT // 2  # the cost panel is above this row, the KL panel below

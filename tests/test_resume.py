@@ -11,9 +11,9 @@ import pytest
 
 from PIL import Image
 
-from models import load_ndict
+from models.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from models.run.weights import load_ndict
 from runs import wait_for_checkpoints
-from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 # Long enough (96 steps) that a run is still going when the test interrupts it.

@@ -1,8 +1,8 @@
 """Compiled Theano functions kept on disk, so that a new process starts in seconds.
 
-Theano caches the C code it compiles, but re-optimises every graph in every process: about
-two minutes for the Table 3 training step, at each run, resume, ``evaluate`` and MPI rank.
-A compiled function pickles. This module stores it under a key covering everything that
+Theano caches the C code it compiles, but re-optimises every graph in every process, which
+for the Table 3 training step takes far longer than loading it: at each run, resume,
+``evaluate`` and MPI rank. A compiled function pickles. This module stores it under a key covering everything that
 could change it (this project's source, Theano's version and configuration, numpy and
 Python, the model's options and which function it is) in the user's own cache folder,
 next to Theano's compiled C code, and loads it instead of compiling.
@@ -27,19 +27,20 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from data.files import atomic_write
-
 from .backend import theano
+from .files import atomic_write
 
 ENABLED = os.environ.get("IAF_FUNCTION_CACHE", "1") != "0"
 MAX_BYTES = 4 * 2**30  # beyond this, the least recently used entries are removed
 
 
 def _source_digest(folders):
+    """A digest of the Python and C source in ``folders`` and their subfolders."""
     digest = hashlib.sha256()
     for folder in folders:
-        for path in sorted(Path(folder).glob("*.py")) + sorted(Path(folder).glob("*.c")):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+        for path in sorted(Path(folder).rglob("*.py")) + sorted(Path(folder).rglob("*.c")):
+            name = path.relative_to(folder).as_posix()
+            digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -60,8 +61,8 @@ def _check_trusted(fd, path):
 class FunctionCache:
     """Compiled functions of one model, looked up by name.
 
-    ``key`` is JSON-able data that selects the model (its options); ``source_folders`` hold
-    the code that builds its graphs; ``shared`` are the model's shared variables by name:
+    ``key`` is JSON-able data that selects the model (its options, which ops build it);
+    ``source_folders`` hold the code that builds its graphs; ``shared`` are the model's shared variables by name:
     a file refers to them by name (it holds none of their values), and a loaded function
     uses the model's own.
     """
@@ -172,4 +173,8 @@ class _Unpickler(pickle.Unpickler):
 
 
 def _parts(var):
-    return {"variable": var, "container": var.container, "value": var.get_value(borrow=True)}
+    """What of a shared variable a compiled function refers to: the variable, its container,
+    the container's one-element storage list (which the function's thunks read, so that a
+    value set later is seen) and the value itself."""
+    return {"variable": var, "container": var.container, "storage": var.container.storage,
+            "value": var.get_value(borrow=True)}

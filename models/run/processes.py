@@ -3,12 +3,31 @@
 Each process (rank) takes its share of every global minibatch; the flat gradients are
 summed across ranks in one all-reduce, and every rank applies the same update, so the
 parameters stay identical everywhere (docs/model.md §11). Started without mpiexec, a run
-is one process and never initialises MPI.
+is one process and never initialises MPI. This module needs neither Theano nor the model.
 """
+import atexit
+import os
 import zlib
 
 import numpy as np
-from layers.backend import started_by_mpiexec
+
+# Set by the launchers of Open MPI (OMPI_*), MPICH/Hydra (PMI_*) and PMIx-based ones.
+MPI_LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
+
+
+def started_by_mpiexec():
+    """Whether an MPI launcher started this process (a rank of an MPI run)."""
+    return any(v in os.environ for v in MPI_LAUNCHER_VARIABLES)
+
+
+def _initialised_mpi():
+    """mpi4py's MPI, initialised. Importing Theano tells mpi4py not to initialise MPI on
+    import (layers/runtime/patches.py), so a rank may have to initialise it here."""
+    from mpi4py import MPI
+    if not MPI.Is_initialized():
+        MPI.Init()
+        atexit.register(MPI.Finalize)
+    return MPI
 
 
 class ParallelError(Exception):
@@ -23,7 +42,7 @@ class Processes:
         self.rank, self.size, self._comm = 0, 1, None
         if started_by_mpiexec():
             try:
-                from mpi4py import MPI
+                MPI = _initialised_mpi()
             except ImportError:
                 raise ParallelError("this process was started by mpiexec, but mpi4py is not "
                                     "installed: pip install -e '.[mpi]'") from None

@@ -12,7 +12,7 @@ import os
 import zipfile
 
 import numpy as np
-from data.files import atomic_write
+from layers.runtime.files import atomic_write
 
 NAME, PREVIOUS = "checkpoint.npz", "checkpoint.prev.npz"
 FORMAT = 2  # 1: per-stream noise states and a hand-listed loop state (before Nov 2026)

@@ -1,7 +1,7 @@
 """A convolution layer for Theano on CPU as one op: large GEMMs on all cores, with the input's
 ELU, the pad channel's border term and the bias folded into the same passes.
 
-``gemm_conv2d(x, w, b)`` equals ``T.nnet.conv2d(x, w, border_mode='half') + b`` up to
+``GemmConv()(x, w, b)`` equals ``T.nnet.conv2d(x, w, border_mode='half') + b`` up to
 float32 rounding (stride 1, odd kernels). Options: ``elu_input`` convolves ``elu(x)``
 (its derivative goes into the input gradient's pass), ``pad_channel`` treats the kernel's
 last input channel as the pad channel of docs/model.md §2 (1 on the zero padding, so its
@@ -18,7 +18,7 @@ that of the inputs; the weights' gradient op also gives the bias's. The C code i
 """
 from pathlib import Path
 
-from .backend import T, c_code_version, gof, theano
+from ..runtime.backend import T, c_code_version, gof, theano
 from . import c_support
 from .c_support import ELU_FUNCTIONS, OUTPUT_ARRAY
 
@@ -215,12 +215,3 @@ class GemmConvGradInputs(_GemmConvOp):
 
     def infer_shape(self, node, shapes):
         return [shapes[2]]
-
-
-def gemm_conv2d(x, w, b, taps=None, elu_input=False, pad_channel=False):
-    """``T.nnet.conv2d(a(x), w, border_mode='half') + b`` for float32 x (N, C, H, W), w
-    (F, C, kh, kw) with odd kernel sizes, and b (F), where a is ELU if ``elu_input``, else
-    the identity. With ``pad_channel``, w has C + 1 input channels and the last is the pad
-    channel (docs/model.md §2); with ``taps``, the kernel of the image channels must be
-    zero outside those positions (flat ``i * kw + j``)."""
-    return GemmConv(taps, elu_input, pad_channel)(x, w, b)

@@ -10,7 +10,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from data.files import atomic_write
+from layers.runtime.files import atomic_write
 
 FIGSIZE, DPI = (8, 7), 100  # an 800x700 pixel PNG
 MAX_MARKERS = 30  # series with more points are drawn as plain lines
@@ -82,9 +82,9 @@ def save_learning_curve(path, history, kl_floor=None):
     _draw_costs(top, history)
     _draw_kl(bottom, history.get("kl", []), kl_floor)
     atomic_write(path, lambda f: figure.savefig(f, format="png", dpi=DPI))
-    # A figure is a web of reference cycles that holds its pixel buffer (2 MB). Next to a
-    # model's millions of long-lived Theano objects, Python's cycle collector rarely looks
-    # at the oldest generation, so a long run would keep every report's figure (measured:
-    # 45 MB more after 20 reports): collect it now.
+    # A figure is a web of reference cycles that holds its pixel buffer (megabytes). Next
+    # to a model's millions of long-lived Theano objects, Python's cycle collector rarely
+    # looks at the oldest generation, so a long run would keep every report's figure:
+    # collect it now.
     del figure, top, bottom
     gc.collect()

@@ -10,20 +10,16 @@ later value of a key win) and skips any key the user set in ``.theanorc``:
   The wheel prefixes its symbols with ``scipy_``; Theano passes non ``-l/-L`` tokens of
   ``blas.ldflags`` to the compiler, so ``-Dsgemm_=scipy_sgemm_`` renames the calls.
 - ``openmp=True``, ``openmp_elemwise_minsize=4000``: Theano's elementwise ops over more
-  than 4000 elements (default 200000, which leaves the model's 8x8 maps on one core) and
-  its CorrMM convolutions use all cores, like our own ops; ``OMP_NUM_THREADS`` sets how
-  many. (Table 3 at depths [2, 2], batch 16: 1.60 s/step without, 1.03 s with openmp,
-  0.92 s with the lower threshold.)
+  than 4000 elements (the default, 200000, leaves the model's 8x8 maps on one core) use
+  all cores, like our own ops; ``OMP_NUM_THREADS`` sets how many.
 - ``base_compiledir``: a cache folder of our own, so that these flags never mix with
   modules compiled under other settings.
 - ``cycle_detection=fast``: the default ('regular') checks the whole graph for cycles
-  after every candidate in-place rewrite, quadratic in graph size; 'fast' checks one level.
-  It makes fewer ops in-place (readme_example: 123 instead of 270) at the same step time,
-  and cuts the training step's graph optimisation by ~40% (readme_example 43 s -> 25 s).
+  after every candidate in-place rewrite, quadratic in graph size; 'fast' checks one level
+  and makes fewer ops in-place, which optimises the training step's graph much faster.
 - ``traceback.limit=0``: Theano records the Python stack at every variable it creates, for
-  error messages that say where a node came from; that is a third of building the Table 3
-  model (4.2 s -> 2.9 s) and 0.7 s of loading its cached training step. Set it to 8
-  (Theano's default) when debugging a graph.
+  error messages that say where a node came from; that is a third of the time it takes to
+  build the Table 3 model. Set it to 8 (Theano's default) when debugging a graph.
 """
 import configparser
 import ctypes
@@ -31,7 +27,7 @@ import os
 import sys
 import warnings
 
-from . import theano_patches
+from . import patches
 
 # BLAS routines Theano's C code calls (theano/tensor/blas*.py, nnet/corr*.py).
 _BLAS_ROUTINES = ("gemm", "gemv", "ger", "dot", "axpy", "scal", "copy")
@@ -81,25 +77,16 @@ def default_flags():
     return flags
 
 
-# Set by the launchers of Open MPI (OMPI_*), MPICH/Hydra (PMI_*) and PMIx-based ones.
-MPI_LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK")
-
-
-def started_by_mpiexec():
-    """Whether an MPI launcher started this process (a rank of an MPI run)."""
-    return any(v in os.environ for v in MPI_LAUNCHER_VARIABLES)
-
-
 def configure():
     if "theano" in sys.modules:  # too late to change flags: whoever imported it decided
-        warnings.warn("Theano was imported before layers.backend, so this project's Theano "
-                      "settings (floatX=float32, BLAS, compile directory) are not applied")
+        warnings.warn("Theano was imported before layers.runtime.backend, so this project's "
+                      "Theano settings (floatX=float32, BLAS, compile directory) are not applied")
         return
     user_keys = _user_theanorc_keys()
     ours = [f"{k}={v}" for k, v in default_flags().items() if k not in user_keys]
     user = os.environ.get("THEANO_FLAGS", "")
     os.environ["THEANO_FLAGS"] = ",".join(ours + ([user] if user else []))
-    theano_patches.before_import(mpi_allowed=started_by_mpiexec())
+    patches.before_import()
 
 
 configure()
@@ -109,12 +96,7 @@ import theano.tensor as T  # noqa: E402,F401  (re-exported)
 from theano import gof  # noqa: E402,F401
 from theano.ifelse import IfElse, ifelse  # noqa: E402,F401
 
-from .theano_patches import c_code_version  # noqa: E402,F401
+from .patches import c_code_version  # noqa: E402,F401
 
-theano_patches.apply(theano)
+patches.apply(theano)
 floatX = theano.config.floatX
-# Our C ops (convolution, weight norm, optimiser step) instead of the plain Theano
-# expressions they are tested against; IAF_CUSTOM_OPS=0 selects the plain versions.
-CUSTOM_OPS = os.environ.get("IAF_CUSTOM_OPS", "1") != "0"
-
-

@@ -2,7 +2,7 @@
 import numpy as np
 from PIL import Image
 
-from data.files import atomic_write
+from layers.runtime.files import atomic_write
 
 
 def image_grid(images, n_cols=10):

@@ -1,12 +1,12 @@
 """Weight normalisation as one op: ``kernel = u / (||u|| + eps) * exp(3 s)`` per filter,
 with ``u = m * v`` for a masked convolution's fixed mask ``m`` (else ``u = v``).
 
-The plain Theano expression (``Conv2d.custom_ops = False``) becomes about ten elementwise
-and reduction nodes per convolution, forward and backward, each a pass over the weights;
-this op does the forward in one pass and the gradient in two. Norms and dot products are
-accumulated in double precision, as Theano's float32 sums are. docs/model.md §2, §3.
+The plain Theano expression (`plain`) becomes about ten elementwise and reduction nodes
+per convolution, forward and backward, each a pass over the weights; this op does the
+forward in one pass and the gradient in two. Norms and dot products are accumulated in
+double precision, as Theano's float32 sums are. docs/model.md §2, §3.
 """
-from .backend import T, c_code_version, gof, theano
+from ..runtime.backend import T, c_code_version, gof, theano
 from . import c_support
 from .c_support import OUTPUT_ARRAY
 
@@ -172,7 +172,12 @@ class WeightNormGrad(_WeightNormOp):
         return [shapes[0], shapes[1]]
 
 
-def weight_norm(v, s, eps, mask=None):
-    """``u / (sqrt(sum(u**2) over all but axis 0) + eps) * exp(3 s)``, s broadcast per
-    filter, with ``u = mask * v`` (a constant mask of v's shape) or ``u = v``."""
+def custom(v, s, eps, mask):
     return WeightNorm(eps)(v, s, *([] if mask is None else [T.constant(mask)]))
+
+
+def plain(v, s, eps, mask):
+    if mask is not None:
+        v = mask * v
+    norm = T.sqrt(T.sqr(v).sum(axis=(1, 2, 3), keepdims=True))
+    return v / (norm + eps) * T.exp(3 * s).dimshuffle(0, "x", "x", "x")

@@ -1,4 +1,4 @@
-"""Workarounds for Theano 1.0.5 on Python 3.11, applied explicitly by `layers.backend`.
+"""Workarounds for Theano 1.0.5 on Python 3.11, applied explicitly by `backend`.
 
 `before_import` runs before Theano's first import, `apply` right after it. They were
 written for, and checked against, Theano 1.0.5: on another version `apply` changes
@@ -29,20 +29,20 @@ def _text_version(*texts):
     return (hashlib.sha256("\0".join(texts).encode()).hexdigest(),)
 
 
-def before_import(mpi_allowed):
+def before_import():
     # Theano's graph optimiser and pickler recurse once per node; deep models need room.
     sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
     # Theano's Cython loop for scan does not compile on Python >= 3.11 (longintrepr.h
     # moved); a failed import makes scan use its Python loop instead, which works.
     sys.modules.setdefault("theano.scan_module.scan_perform_ext", None)
-    if not mpi_allowed:
-        _keep_mpi_uninitialised()
+    _keep_mpi_uninitialised()
 
 
 def _keep_mpi_uninitialised():
-    """Theano's ``tensor/io.py`` imports ``mpi4py.MPI`` when it can, and that import
-    initialises MPI (``MPI_Init``: time, and under a file-size limit MPICH dies in it). A
-    process that mpiexec did not start uses no MPI, so mpi4py is told not to initialise it."""
+    """Theano's ``tensor/io.py`` imports ``mpi4py.MPI`` when it can, and that import would
+    initialise MPI (``MPI_Init``: time, and under a file-size limit MPICH dies in it). So
+    mpi4py is told not to initialise MPI on import; a rank of an MPI run initialises it
+    itself (models/run/processes.py)."""
     try:
         import mpi4py
     except ImportError:
@@ -53,10 +53,10 @@ def _keep_mpi_uninitialised():
 
 def apply(theano):
     """Fix two ways Theano 1.0.5's C-module cache misses, so that C code compiled by one
-    process is reused by the next (6-7 s per model function at every start), and compile
+    process is reused by the next (instead of compiled again at every start), and compile
     a function's missing C modules on all cores at once."""
     if theano.__version__ != WRITTEN_FOR:
-        warnings.warn(f"layers/theano_patches.py was written for Theano {WRITTEN_FOR}, not "
+        warnings.warn(f"layers/runtime/patches.py was written for Theano {WRITTEN_FOR}, not "
                       f"{theano.__version__}: its compile-cache fixes are not applied")
         return
     if getattr(theano.gof.cc.CLinker.cmodule_key_, "_iaf_patched", False):
@@ -72,8 +72,8 @@ def _version_modules_of_ops_without_props(linker):
 
     ``CLinker.cmodule_key_`` puts each op's ``__props__`` into the module's version tuple
     and treats any empty entry as "unversioned": the module is then recompiled in every
-    process. That hits ``Alloc``, ``ScalarFromTensor`` and ~100 other ops, about 0.6 s of
-    C compilation each. Their code does not depend on props they do not have, so when the
+    process. That hits ``Alloc``, ``ScalarFromTensor`` and ~100 other ops, each a C compilation
+    at every start. Their code does not depend on props they do not have, so when the
     op and every type *are* versioned the key gets a version (else Theano's is kept).
     """
     original = linker.cmodule_key_
@@ -112,8 +112,8 @@ def _compile_missing_modules_on_all_cores(gof, config):
     """Compile the C modules a function lacks with one g++ per core at once.
 
     Theano makes a function's thunks one node after another, and a node whose C module is
-    not in the cache waits for g++ to compile it: on a fresh machine, hundreds of modules
-    of 0.5-3 s each, one at a time. Here the first missing module a function meets sets
+    not in the cache waits for g++ to compile it: on a fresh machine, hundreds of modules,
+    one at a time. Here the first missing module a function meets sets
     off the compilation of all the function's missing modules, one g++ per core this
     process may use, each into a folder of its own; the node-by-node pass then takes each
     library from there instead of running g++ on the same source with the same command. A
@@ -208,7 +208,7 @@ def _remember_the_module_of_each_kind_of_node(gof):
     Making a function's thunks (at every start, from the function cache too) asks, for
     each of its thousands of nodes, for the key of a one-node C module (a large tuple
     built from the op, the types, the compiler options and the libraries) and looks the
-    key up in the module cache: two fifths of the time a cached function takes to load.
+    key up in the module cache: much of the time a cached function takes to load.
     Nodes with the same op, input and output types, constants and input pattern have the
     same key and module, so both are remembered for the process, under that (cheap) key.
     """

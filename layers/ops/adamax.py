@@ -5,7 +5,7 @@ tensor (a pass over memory each), plus a guard that keeps everything unchanged w
 gradient is not finite. This op reads the gradient once to check it, then updates the
 weights, their averages and both moments in place in a single parallel pass.
 """
-from .backend import T, c_code_version, gof
+from ..runtime.backend import IfElse, T, c_code_version, gof
 
 FLOATS, FLAGS = T.TensorType("float32", (False,)), T.TensorType("uint8", (False,))
 
@@ -41,7 +41,7 @@ _C_CODE = """
         #pragma omp parallel for schedule(static)
         for (npy_intp i = 0; i < n; ++i) {
             const float m_new = decay1 * m[i] + beta1 * g[i];
-            const float u_new = fmaxf(decay2 * u[i], fabsf(g[i]) + 1e-8f);
+            const float u_new = fmaxf(decay2 * u[i], fabsf(g[i]) + (float)%(floor)r);
             const float w_old = w[i];
             const float w_new = w_old - alpha * m_new / u_new;
             w[i] = keep[i] ? w_new : 0.0f;
@@ -70,7 +70,7 @@ class AdaMaxPolyakStep(gof.Op):
     """``(w, avg, m, u, keep, g) -> (w, avg, m, u, applied)``, updating the first four in
     place: if every element of ``g`` is finite,
 
-        m <- (1 - beta1) m + beta1 g,    u <- max((1 - beta2) u, |g| + 1e-8),
+        m <- (1 - beta1) m + beta1 g,    u <- max((1 - beta2) u, |g| + floor),
         w <- (w - alpha m / u) where keep else 0,    avg <- beta2 w_old + (1 - beta2) avg
 
     over the first ``len(w)`` elements of ``g`` (any further elements, e.g. the cost, are
@@ -78,11 +78,12 @@ class AdaMaxPolyakStep(gof.Op):
     ``keep`` (uint8) is 0 where a masked weight must stay zero.
     """
 
-    __props__ = ("alpha", "beta1", "beta2")
+    __props__ = ("alpha", "beta1", "beta2", "floor")
     destroy_map = {0: [0], 1: [1], 2: [2], 3: [3]}
 
-    def __init__(self, alpha, beta1, beta2):
+    def __init__(self, alpha, beta1, beta2, floor):
         self.alpha, self.beta1, self.beta2 = float(alpha), float(beta1), float(beta2)
+        self.floor = float(floor)
 
     def make_node(self, w, avg, m, u, keep, g):
         inputs = [T.as_tensor_variable(v) for v in (w, avg, m, u, keep, g)]
@@ -102,7 +103,7 @@ class AdaMaxPolyakStep(gof.Op):
         return _C_CODE % dict(w=w, avg=avg, m=m, u=u, keep=keep, g=g, w_out=w_out,
                               avg_out=avg_out, m_out=m_out, u_out=u_out, applied=applied,
                               alpha=self.alpha, beta1=self.beta1, beta2=self.beta2,
-                              fail=sub["fail"])
+                              floor=self.floor, fail=sub["fail"])
 
     def c_headers(self):
         return ["<math.h>", "<omp.h>"]
@@ -112,3 +113,20 @@ class AdaMaxPolyakStep(gof.Op):
 
     def c_code_cache_version(self):
         return c_code_version(__file__)
+
+
+def custom(w, avg, m, u, keep, g, alpha, beta1, beta2, floor):
+    *new_values, applied = AdaMaxPolyakStep(alpha, beta1, beta2, floor)(w, avg, m, u, keep, g)
+    return new_values, applied
+
+
+def plain(w, avg, m, u, keep, g, alpha, beta1, beta2, floor):
+    finite = T.all(~(T.isnan(g) | T.isinf(g)))
+    grad = g[:w.shape[0]]
+    m_new = (1 - beta1) * m + beta1 * grad
+    u_new = T.maximum((1 - beta2) * u, abs(grad) + floor)
+    w_new = T.switch(keep, w - alpha * m_new / u_new, 0)
+    avg_new = beta2 * w + (1 - beta2) * avg
+    chosen = IfElse(n_outs=4)(finite, w_new, avg_new, m_new, u_new, w, avg, m, u,
+                              return_list=True)
+    return chosen, finite

@@ -1,0 +1,206 @@
+"""The compiled side of a `ResNetVAE`: its parameters, their Polyak averages and the
+optimiser's state as flat shared vectors, and the compiled functions that train,
+evaluate, initialise and sample it (each compiled once per process, and kept in the
+function cache on disk between processes)."""
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from layers import ops
+from layers.conv import DataInit
+from layers.parameters import FlatParameters
+from layers.runtime.backend import T, theano
+from layers.runtime.function_cache import FunctionCache
+
+from .names import check_weights_fit
+from .noise import image_noise
+from .optim import AdaMaxPolyak, GradientVector
+
+# The source whose graphs the function cache keeps: this folder and the building blocks.
+SOURCE_FOLDERS = [Path(__file__).parent, Path(ops.__file__).parents[1]]
+
+
+class Trainer:
+    """A `ResNetVAE`'s numbers and compiled functions. ``model.seed`` also keys every
+    posterior sample (docs/model.md §9)."""
+
+    def __init__(self, model):
+        self.model, cfg = model, model.config
+        self.params = FlatParameters.from_values(model.initial, "params")
+        self.avg_params = self.params.like("avg_params")  # their Polyak averages
+        masks = {conv.w_name: conv.mask for conv in model.masked_convs}
+        self.optimiser = AdaMaxPolyak(self.params, self.avg_params, masks, cfg.alpha,
+                                      cfg.beta1, cfg.beta2)
+        shared = dict(self.optimiser.state, adamax_keep=self.optimiser.keep)
+        key = {"config": cfg.as_dict(), "custom_ops": ops.CUSTOM_OPS}
+        self._cache = FunctionCache(key, SOURCE_FOLDERS,
+                                    {var.name: var for var in shared.values()})
+        self._compiled = {}
+        self._vector = None  # the reused GradientVector of `gradient`
+
+    def noise(self, purpose, step, positions):
+        """Standard-normal noise, one array per layer, for the images at ``positions`` at
+        ``step`` (the places and steps of docs/model.md §9)."""
+        return image_noise(self.model.latent_shapes(), self.model.seed, purpose, step,
+                           positions)
+
+    def _inputs(self):
+        """Symbolic inputs: a uint8 minibatch and one noise tensor per layer."""
+        return (T.tensor4("x", dtype="uint8"),
+                [T.tensor4(f"eps{k}") for k in range(len(self.model.vae_layers))])
+
+    def _function(self, name, build):
+        """``(function, extra)`` from ``build()``, compiled once (and cached on disk)."""
+        if name not in self._compiled:
+            self._compiled[name] = self._cache.get(name, build)
+        return self._compiled[name]
+
+    # -- training ----------------------------------------------------------------------
+    def data_init(self, x, eps):
+        """Data-dependent init of every conv's ``s`` and ``b`` from batch ``x`` with
+        posterior noise ``eps`` (docs/model.md §2). Returns the names of the convolutions
+        skipped because a channel had std 0."""
+        def build():
+            xs, es = self._inputs()
+            params = DataInit(self.params)
+            self.model.costs(xs, es, params)
+            outputs = [e for _, s, b, ok in params.records for e in (s, b, ok)]
+            names = [(conv.s_name, conv.b_name, conv.name) for conv, _, _, _ in params.records]
+            return theano.function([xs] + es, outputs), names
+        f, names = self._function("data_init", build)
+        values = f(x, *eps)
+        skipped, found = [], {}
+        for k, (s_name, b_name, conv_name) in enumerate(names):
+            s, b, ok = values[3 * k:3 * k + 3]
+            if ok:
+                found.update({s_name: s, b_name: b})
+            else:
+                skipped.append(conv_name)
+        self.params.set_values(found)
+        self.avg_params.set_buffer(self.params.buffer)
+        return skipped
+
+    def gradient(self, x, eps):
+        """Per-image cost of minibatch ``x`` with posterior noise ``eps``, and the
+        `GradientVector` of the summed cost (with it in its ``cost`` slot, the other slots
+        0): one vector, reused, so valid until the next call."""
+        def build():
+            xs, es = self._inputs()
+            cost = self.model.costs(xs, es, self.params)["cost"]
+            total = cost.sum()
+            grads = self.optimiser.gradients(total)
+            outputs = [cost, total] + [theano.Out(g, borrow=True) for g in grads]
+            return theano.function([xs] + es, outputs), None
+        f = self._function("gradient", build)[0]
+        vector = self._reused_vector()
+        # The function's ops write the gradients straight into the vector's parts when
+        # their output storage holds them (c_support's iaf_output): no copy, no memory.
+        for container, part in zip(f.output_storage[2:], vector.parts):
+            container.storage[0] = part
+        cost, total, *grads = f(x, *eps)
+        for gradient, part in zip(grads, vector.parts):
+            if gradient is not part:
+                part[...] = gradient
+        vector.clear_slots()
+        vector["cost"] = total
+        return cost, vector
+
+    def zero_gradient(self):
+        """The reused `GradientVector`, all zeros (a process with no images in a step)."""
+        vector = self._reused_vector()
+        vector.array[:] = 0
+        return vector
+
+    def _reused_vector(self):
+        if self._vector is None:
+            self._vector = GradientVector(self.params)
+        return self._vector
+
+    def apply_gradient(self, vector):
+        """One AdaMax step with a `GradientVector` from `gradient` (or a sum of them);
+        False if anything in it is not finite, in which case nothing changed."""
+        def build():
+            g = T.vector("gradient", dtype=self.params.shared.dtype)
+            updates, applied = self.optimiser.update(g)
+            # The op updates the buffers in place.
+            return theano.function([g], applied, updates=updates, accept_inplace=True), None
+        return bool(self._function("update", build)[0](vector.array))
+
+    def train_step(self, x, eps):
+        """One AdaMax step on minibatch ``x`` with posterior noise ``eps``; returns the
+        per-image cost (before the step) and whether the step was applied: if the cost or
+        a gradient is not finite, nothing is updated and the caller decides what to do."""
+        cost, vector = self.gradient(x, eps)
+        return cost, self.apply_gradient(vector)
+
+    # -- evaluation and sampling (with the averaged weights) ----------------------------
+    def evaluate(self, x, eps):
+        """Per-image ``cost``, ``cost_x``, per-layer KL ``cost_z*``, ``elbo`` and
+        ``log_weight`` with posterior noise ``eps``."""
+        def build():
+            xs, es = self._inputs()
+            results = self.model.costs(xs, es, self.avg_params)
+            return theano.function([xs] + es, list(results.values())), list(results)
+        f, keys = self._function("eval", build)
+        return OrderedDict(zip(keys, f(x, *eps)))
+
+    def decode(self, eps):
+        """uint8 images from noise: ancestral sampling of the prior. Noise scaled by a
+        temperature ``t`` samples at that temperature."""
+        def build():
+            _, es = self._inputs()
+            return theano.function(es, self.model.samples(es, self.avg_params)), None
+        return self._function("decode", build)[0](*eps)
+
+    def reconstruct(self, x, eps, prior_eps, from_posterior):
+        """uint8 images decoded from ``x`` with each layer's z from the posterior (noise
+        ``eps``) where ``from_posterior`` (a 0/1 flag per layer, in layer order) is 1, and
+        from the prior (noise ``prior_eps``) elsewhere."""
+        def build():
+            xs, es = self._inputs()
+            ps = [T.tensor4(f"prior_eps{k}") for k in range(len(es))]
+            flags = T.bvector("from_posterior")
+            images = self.model.reconstructions(xs, es, ps, flags, self.avg_params)
+            return theano.function([xs] + es + ps + [flags], images), None
+        f = self._function("reconstruct", build)[0]
+        return f(x, *eps, *prior_eps, np.asarray(from_posterior, np.int8))
+
+    def latents(self, x, eps):
+        """Per layer (in layer order): the mean of the posterior's Gaussian for every unit,
+        ``(N, n_z*h*w)``, and the KL of every feature map, ``(N, n_z)``."""
+        def build():
+            xs, es = self._inputs()
+            _, _, kls, means = self.model.inference(xs, es, self.avg_params)
+            outputs = [v for key in self.model.vae_layers
+                       for v in (means[key].flatten(2), kls[key].sum(axis=(2, 3)))]
+            return theano.function([xs] + es, outputs), None
+        outputs = self._function("latents", build)[0](x, *eps)
+        return list(zip(outputs[::2], outputs[1::2]))
+
+    # -- numbers in and out ------------------------------------------------------------
+    def weights(self, averaged=True):
+        """Every parameter (or its average) as a ``name -> array`` dict of copies."""
+        return (self.avg_params if averaged else self.params).values()
+
+    def set_weights(self, values, complete=True, which=("params", "avg_params"), source=None):
+        """Load a name -> array dict into the parameters (and their averages).
+
+        Names in ``values`` the model does not have are ignored, as by the original; a
+        parameter missing from ``values`` is an error unless ``complete=False``. An error
+        says which model options the weights (from file ``source``) seem to differ in.
+        """
+        missing = check_weights_fit(values, self.params.shapes, complete, source)
+        for target in which:
+            getattr(self, target).set_values(values)
+        return missing
+
+    def training_state(self):
+        """Everything a step changes, as flat arrays (copies), by name."""
+        return {name: var.get_value() for name, var in self.optimiser.state.items()}
+
+    def set_training_state(self, arrays):
+        for name, var in self.optimiser.state.items():
+            if np.shape(arrays[name]) != var.get_value(borrow=True).shape:
+                raise ValueError(f"{name} of shape {np.shape(arrays[name])} cannot replace "
+                                 f"one of shape {var.get_value(borrow=True).shape}")
+            var.set_value(np.array(arrays[name], dtype=var.dtype), borrow=True)
