@@ -13,13 +13,15 @@ seconds per training step (median over ``--steps`` after one warm-up step) and p
 evaluation minibatch, images/s, achieved GFLOP/s (convolution FLOPs counted analytically:
 forward, and 3x forward for a training step), the fraction of the machine's matrix-multiply
 peak (a 2048x2048 float32 GEMM through the same BLAS, timed after each training step in
-the same process: the median), peak resident memory, the hours a 50,000-image CIFAR-10
+the same process: the median) and of its fp32 FMA peak (register-only FMA chains on every
+core, benchmarks/fma_chains.c, timed right after the GEMM), peak resident memory, the hours a 50,000-image CIFAR-10
 epoch takes at that speed, and the time from starting a process to evaluate saved weights
 to its first number (cache filled).
 ``--threads N`` runs on N threads (OMP_NUM_THREADS and OPENBLAS_NUM_THREADS) instead of
 all cores.
 """
 import argparse
+import ctypes
 import json
 import os
 import resource
@@ -31,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import machine  # noqa: E402  (benchmarks/, next to this file)
 
 
 def conv_flops(model, n):
@@ -85,6 +88,32 @@ def gemm_speed_meter(size=2048):
     return rate
 
 
+def fma_speed_meter(seconds=0.3):
+    """A function that returns the fp32 FMA peak of all cores at that moment, in GFLOP/s:
+    benchmarks/fma_chains.c (register-only FMA chains on every OpenMP thread, AVX-512 where
+    the processor has it, else AVX2), built here with the system's C compiler."""
+    flags = ["-mavx512f"] if machine.vector_isa() == "avx512" else ["-mavx2"]
+    library = os.path.join(tempfile.mkdtemp(), "fma_chains.so")
+    subprocess.run(["cc", "-O3", "-fopenmp", "-mfma", *flags, "-shared", "-fPIC", "-o", library,
+                    str(ROOT / "benchmarks" / "fma_chains.c")], check=True)
+    chains = ctypes.CDLL(library)
+    chains.fma_run.argtypes = [ctypes.c_long]
+    chains.fma_run.restype = ctypes.c_float
+    flop_per_round = 2 * chains.fma_lanes() * chains.fma_chains() * chains.fma_threads()
+    t0 = time.time()
+    chains.fma_run(10 ** 6)
+    rounds = int(seconds * 10 ** 6 / max(time.time() - t0, 1e-6))
+
+    def rate():
+        time.sleep(QUIET_S)
+        t0 = time.time()
+        chains.fma_run(rounds)
+        elapsed = time.time() - t0
+        time.sleep(QUIET_S)
+        return flop_per_round * rounds / elapsed / 1e9
+    return rate
+
+
 def measure(name, n_steps, n_batch, started, weights_path=None):
     """Runs in a child process started at time ``started``: build, compile, time; prints
     one JSON line. Saves the weights to ``weights_path`` if given."""
@@ -106,20 +135,21 @@ def measure(name, n_steps, n_batch, started, weights_path=None):
     model.train_step(x, model.noise("train", 0, images))
     first_step_s = time.time() - t0  # compile + one step
     start_to_first_step_s = time.time() - started
-    gemm_rate = gemm_speed_meter()
-    times, peaks = [], []
+    gemm_rate, fma_rate = gemm_speed_meter(), fma_speed_meter()
+    times, peaks, fma_peaks = [], [], []
     for step in range(n_steps):  # as the training loop: the step's noise, then the step
         t0 = time.time()
         model.train_step(x, model.noise("train", step, images))
         times.append(time.time() - t0)
-        peaks.append(gemm_rate())  # the machine's GEMM speed right after this step
+        peaks.append(gemm_rate())  # the machine's GEMM and FMA speeds right after this step
+        fma_peaks.append(fma_rate())
     model.evaluate(x, model.noise("eval", 0, images))  # compile
     eval_times = []
     for step in range(max(3, n_steps // 2)):
         t0 = time.time()
         model.evaluate(x, model.noise("eval", step, images))
         eval_times.append(time.time() - t0)
-    peak = float(np.median(peaks))
+    peak, fma_peak = float(np.median(peaks)), float(np.median(fma_peaks))
     step = float(np.median(times))
     fwd = conv_flops(model.model, n_batch)
     if weights_path:
@@ -130,7 +160,8 @@ def measure(name, n_steps, n_batch, started, weights_path=None):
         "step_s": step, "eval_s": float(np.median(eval_times)),
         "images_per_s": n_batch / step, "train_gflop": 3 * fwd / 1e9,
         "gflops": 3 * fwd / step / 1e9, "gemm_peak_gflops": peak,
-        "fraction_of_peak": 3 * fwd / step / 1e9 / peak,
+        "fraction_of_peak": 3 * fwd / step / 1e9 / peak, "fma_peak_gflops": fma_peak,
+        "fraction_of_fma_peak": 3 * fwd / step / 1e9 / fma_peak,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20}
 
 
@@ -167,16 +198,17 @@ def child(args, compiledir, threads, cache):
 def table(rows):
     head = ("| config | threads | params | cold compile+1st step (s) | warm start to 1st step (s) | "
             "cached start to 1st step (s) | evaluate to 1st number (s) | "
-            "s/step | s/eval batch | images/s | GFLOP/s | % of GEMM peak | peak RSS (GB) | "
-            "h/epoch |")
-    lines = [head, "|" + "---|" * 14]
+            "s/step | s/eval batch | images/s | GFLOP/s | share of FMA peak | share of GEMM peak | "
+            "peak RSS (GB) | h/epoch |")
+    lines = [f"Measured on {machine.description()}.", "", head, "|" + "---|" * 15]
     for r in rows:
         lines.append(f"| {r['config']} (batch {r['n_batch']}) | {r['threads']} | "
                      f"{r['n_params'] / 1e6:.1f}M | {r['cold_compile_s']:.0f} | "
                      f"{r['warm_start_s']:.1f} | {r['cached_start_s']:.1f} | "
                      f"{r['evaluate_s']:.1f} | {r['step_s']:.3f} | "
                      f"{r['eval_s']:.3f} | {r['images_per_s']:.1f} | {r['gflops']:.0f} | "
-                     f"{100 * r['fraction_of_peak']:.0f}% (of {r['gemm_peak_gflops']:.0f}) | "
+                     f"{r['fraction_of_fma_peak']:.2f} (of {r['fma_peak_gflops']:.0f}) | "
+                     f"{r['fraction_of_peak']:.2f} (of {r['gemm_peak_gflops']:.0f}) | "
                      f"{r['peak_rss_gb']:.2f} | {50000 / r['images_per_s'] / 3600:.1f} |")
     return "\n".join(lines) + "\n"
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+import machine  # noqa: E402  (benchmarks/, next to this file)
 MACHINES = (1, 2, 4, 8, 16, 32, 64)
 GBIT_PER_S = (10, 25)
 EPOCH_IMAGES = 50000
@@ -86,7 +87,7 @@ def projection(step_s, n_batch, gradient_bytes):
 
 
 def report(single, ranks):
-    lines = [f"Measured on this machine ({os.cpu_count()} cores), {single['config']}, "
+    lines = [f"Measured on {machine.description()}, {single['config']}, "
              f"batch {single['n_batch']} per process:", "",
              "| processes x threads | s/step | images/s | all-reduce of the gradient (s) |",
              "|---|---|---|---|"]

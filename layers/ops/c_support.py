@@ -1,4 +1,7 @@
-"""C support code shared by the project's ops."""
+"""C support code shared by the project's ops, and the base of those run on OpenMP."""
+import sys
+
+from ..runtime.backend import c_code_version, gof
 
 # An op's output array: the one its storage holds when it fits (the output of its last
 # call, or memory the caller put there, e.g. a view of the flat gradient vector), else
@@ -56,3 +59,20 @@ static inline float iaf_elu_slope(float x)
     return x < 0.0f ? scale * p + scale : 1.0f;
 }
 """
+
+
+class OpenMPOp(gof.Op):
+    """An op whose C code runs on all cores (OpenMP) and writes its outputs with
+    `iaf_output`; its C code's version follows its module's source and this one's."""
+
+    def c_headers(self):
+        return ["<math.h>", "<omp.h>", "<string.h>"]
+
+    def c_compile_args(self):
+        return ["-fopenmp"]
+
+    def c_support_code(self):
+        return OUTPUT_ARRAY
+
+    def c_code_cache_version(self):
+        return c_code_version(sys.modules[type(self).__module__].__file__, __file__)

@@ -7,9 +7,8 @@ broadcasts, a switch), 2,400 for Table 3: most of the init function, whose every
 rebuilt each time a process loads it. Sums are accumulated in double precision, as
 Theano's float32 sums are.
 """
-from ..runtime.backend import T, c_code_version, gof
-from . import c_support
-from .c_support import OUTPUT_ARRAY
+from ..runtime.backend import T, gof
+from .c_support import OpenMPOp
 
 _C_CODE = """
 {
@@ -67,7 +66,7 @@ _C_CODE = """
 """
 
 
-class ChannelNormalise(gof.Op):
+class ChannelNormalise(OpenMPOp):
     """``h -> (normalised h, s, b, ok)`` for h (N, C, H, W): per channel, with ``std`` the
     standard deviation over (N, H, W), ``scale = std / target_std + eps``,
     ``s = -log(scale) / 3`` and ``b = -mean(h / scale)``; the output is ``h / scale + b``,
@@ -93,18 +92,6 @@ class ChannelNormalise(gof.Op):
         out, s, b, all_ok = outputs
         return _C_CODE % dict(h=inputs[0], out=out, s=s, b=b, all_ok=all_ok, eps=self.eps,
                               target_std=self.target_std, fail=sub["fail"])
-
-    def c_headers(self):
-        return ["<math.h>", "<omp.h>", "<string.h>"]
-
-    def c_compile_args(self):
-        return ["-fopenmp"]
-
-    def c_support_code(self):
-        return OUTPUT_ARRAY
-
-    def c_code_cache_version(self):
-        return c_code_version(__file__, c_support.__file__)
 
 
 def custom(h, target_std, eps):

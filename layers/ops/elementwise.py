@@ -1,7 +1,6 @@
 """ELU and its derivative as vectorised ops over all cores (C from `c_support`)."""
-from ..runtime.backend import T, c_code_version, gof
-from . import c_support
-from .c_support import ELU_FUNCTIONS, OUTPUT_ARRAY
+from ..runtime.backend import T, gof
+from .c_support import ELU_FUNCTIONS, OUTPUT_ARRAY, OpenMPOp
 
 
 _LOOP = """
@@ -29,7 +28,7 @@ _LOOP = """
 """
 
 
-class _ELUOp(gof.Op):
+class _ELUOp(OpenMPOp):
     __props__ = ()
 
     def make_node(self, *inputs):
@@ -41,21 +40,12 @@ class _ELUOp(gof.Op):
     def infer_shape(self, node, shapes):
         return [shapes[0]]
 
-    def c_headers(self):
-        return ["<omp.h>"]
-
-    def c_compile_args(self):
-        return ["-fopenmp"]
-
     def c_support_code(self):
         return ELU_FUNCTIONS + OUTPUT_ARRAY
 
     def _loop(self, inputs, outputs, sub, g, expression):
         return _LOOP % dict(x=inputs[0], g=g, out=outputs[0], op=type(self).__name__,
                             fail=sub["fail"], expression=expression)
-
-    def c_code_cache_version(self):
-        return c_code_version(__file__, c_support.__file__)
 
 
 class ELU(_ELUOp):

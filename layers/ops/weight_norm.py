@@ -6,9 +6,8 @@ per convolution, forward and backward, each a pass over the weights; this op doe
 forward in one pass and the gradient in two. Norms and dot products are accumulated in
 double precision, as Theano's float32 sums are. docs/model.md §2, §3.
 """
-from ..runtime.backend import T, c_code_version, gof, theano
-from . import c_support
-from .c_support import OUTPUT_ARRAY
+from ..runtime.backend import T, gof, theano
+from .c_support import OpenMPOp
 
 # The arrays of both ops: v, s and the mask m (NULL when there is none).
 _INPUTS = """
@@ -93,7 +92,7 @@ _GRAD = """
 """
 
 
-class _WeightNormOp(gof.Op):
+class _WeightNormOp(OpenMPOp):
     __props__ = ("eps",)
 
     def __init__(self, eps):
@@ -107,18 +106,6 @@ class _WeightNormOp(gof.Op):
         op = type(self).__name__
         return dict(inputs=_INPUTS % dict(v=v, s=s, masked=masked, get_m=get_m, op=op),
                     op=op, eps=self.eps, fail=sub["fail"])
-
-    def c_headers(self):
-        return ["<math.h>", "<omp.h>"]
-
-    def c_compile_args(self):
-        return ["-fopenmp"]
-
-    def c_support_code(self):
-        return OUTPUT_ARRAY
-
-    def c_code_cache_version(self):
-        return c_code_version(__file__, c_support.__file__)
 
 
 def _float32(*variables):
