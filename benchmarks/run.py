@@ -14,8 +14,8 @@ evaluation minibatch, images/s, achieved GFLOP/s (convolution FLOPs counted anal
 forward, and 3x forward for a training step), the fraction of the machine's matrix-multiply
 peak (a 2048x2048 float32 GEMM through the same BLAS, timed after each training step in
 the same process: the median) and of its fp32 FMA peak (register-only FMA chains on every
-core, benchmarks/fma_chains.c, timed right after the GEMM), peak resident memory, the hours a 50,000-image CIFAR-10
-epoch takes at that speed, and the time from starting a process to evaluate saved weights
+core, benchmarks/fma_chains.c, timed right after the GEMM), peak resident memory, the
+hours a 50,000-image CIFAR-10 epoch takes at that speed, and the time from starting a process to evaluate saved weights
 to its first number (cache filled).
 ``--threads N`` runs on N threads (OMP_NUM_THREADS and OPENBLAS_NUM_THREADS) instead of
 all cores.
@@ -63,6 +63,19 @@ def conv_flops(model, n):
 QUIET_S = 0.25
 
 
+def quiet_rate(work, flop):
+    """A function that runs ``work()`` between two pauses of QUIET_S and returns its
+    GFLOP/s for ``flop`` floating-point operations."""
+    def rate():
+        time.sleep(QUIET_S)
+        t0 = time.time()
+        work()
+        seconds = time.time() - t0
+        time.sleep(QUIET_S)
+        return flop / seconds / 1e9
+    return rate
+
+
 def gemm_speed_meter(size=2048):
     """A function that times one float32 (size x size) GEMM through Theano's BLAS, all
     threads, and returns its GFLOP/s: the machine's matrix-unit peak at that moment. It is
@@ -77,15 +90,7 @@ def gemm_speed_meter(size=2048):
     gemm = theano.function([a, b], T.dot(a, b))
     m = np.random.rand(size, size).astype(np.float32)
     gemm(m, m)
-
-    def rate():
-        time.sleep(QUIET_S)
-        t0 = time.time()
-        gemm(m, m)
-        seconds = time.time() - t0
-        time.sleep(QUIET_S)
-        return 2 * size ** 3 / seconds / 1e9
-    return rate
+    return quiet_rate(lambda: gemm(m, m), 2 * size ** 3)
 
 
 def fma_speed_meter(seconds=0.3):
@@ -103,15 +108,7 @@ def fma_speed_meter(seconds=0.3):
     t0 = time.time()
     chains.fma_run(10 ** 6)
     rounds = int(seconds * 10 ** 6 / max(time.time() - t0, 1e-6))
-
-    def rate():
-        time.sleep(QUIET_S)
-        t0 = time.time()
-        chains.fma_run(rounds)
-        elapsed = time.time() - t0
-        time.sleep(QUIET_S)
-        return flop_per_round * rounds / elapsed / 1e9
-    return rate
+    return quiet_rate(lambda: chains.fma_run(rounds), flop_per_round * rounds)
 
 
 def measure(name, n_steps, n_batch, started, weights_path=None):
