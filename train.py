@@ -35,6 +35,7 @@ from models.run.resume import (DATA_KEYS, MODEL_KEYS, LoopState, Settings, comma
 from models.run.start import build_trainer, get_data, initialise
 from models.run.processes import ParallelError, Processes
 from models.run.weights import WeightsError
+from models.trainer import check_conv_precision
 
 try:  # this process and, under mpiexec, the others of the run
     processes = Processes()
@@ -74,6 +75,7 @@ def config():
     resume = None  # a run folder: continue that run exactly where its checkpoint left it
     checkpoint_minutes = 5.0  # also checkpoint this often within an epoch (wall time)
     skip_nonfinite = False  # True: skip (and count) steps with a NaN/inf cost or gradient
+    conv_precision = "fp32"  # convolutions' inputs: 'fp32' (the original) or 'bf16' (README)
     n_samples = 100  # sample: how many images
     temperature = 1.0  # sample, reconstruct: scale of the prior's noise (docs/model.md §6)
     n_images = 10  # reconstruct: how many test images
@@ -129,6 +131,7 @@ def train(_config, _run):
     """Train, reporting test bits/dim, weights and samples into a run folder."""
     with user_errors():
         cfg = command_settings(_config, _run, processes)
+        check_conv_precision(cfg.conv_precision)
         folder = processes.broadcast(new_or_resumed_folder(cfg) if processes.is_main else None)
         state, arrays = LoopState(), None
         if cfg.resume:
@@ -162,7 +165,7 @@ def new_or_resumed_folder(cfg):
 
 def training_loop(cfg, folder, state, trainer, train_x, test_x, sacred_run, stop):
     """Epochs until ``n_epochs`` (or forever), or until a signal (``stop.signal``)."""
-    last_checkpoint = time.time()
+    last_checkpoint, first_step = time.time(), state.steps + 1
     while cfg.n_epochs <= 0 or state.epoch < cfg.n_epochs:
         order = permutation(cfg.seed, state.epoch, len(train_x))
         progress, epoch_start = Progress(len(order)), time.time()
@@ -194,6 +197,8 @@ def training_loop(cfg, folder, state, trainer, train_x, test_x, sacred_run, stop
                             f"steps instead)")
             # Counters, the progress line and the running cost's metric.
             state.images_done, state.steps = int(positions[-1]) + 1, state.steps + 1
+            if state.steps == first_step:  # the convolutions ran: say on what
+                print(trainer.convolutions())
             running = state.cost_sum / state.images_done
             progress.update(state.images_done, running)
             if RUNNING_COST_LOGS_PER_EPOCH * state.images_done // len(order) > \

@@ -1,16 +1,16 @@
-"""One run over K processes: measured on this machine, projected to K machines.
+"""One run over threads and processes: measured on this machine, projected to K machines.
 
     python benchmarks/scaling.py                 # Table 3; writes benchmarks/scaling.{md,json}
-    python benchmarks/scaling.py readme_example --steps 5
+    python benchmarks/scaling.py readme_example --steps 5 --precision fp32
 
-Measured, with the training loop's own step (train.Run.step: each rank's gradient, one
-all-reduce of the flat gradient, the same update on every rank), batch 16 per process:
-(a) images/s of 2 ranks x 1 thread (mpiexec) against 1 process x 2 threads on this
-machine; (b) the time of the all-reduce of the model's whole gradient between 2 ranks.
-Projected: hours per CIFAR-10 epoch, days for 1000 epochs and the scaling efficiency on
-K machines, each running one process as fast as (a)'s single process, with the
-all-reduce of a ring, 2 (K-1)/K x gradient bytes over the network's bandwidth.
-Needs the [mpi] extra (mpiexec).
+Measured, with the training loop's own step (each rank's gradient, one all-reduce of the
+flat gradient, the same update on every rank), batch 16 per process, in each precision of
+the convolutions (bf16 where the CPU has bf16 units): (a) the step of 1 process on 1 and
+on 2 threads, and of 2 ranks x 1 thread (mpiexec); (b) the time of the all-reduce of the
+model's whole gradient between 2 ranks. Projected: hours per CIFAR-10 epoch, days for 1000
+epochs and the scaling efficiency on K machines, each running one process as fast as
+(a)'s 2-thread process, with the all-reduce of a ring, 2 (K-1)/K x gradient bytes over
+the network's bandwidth. Needs the [mpi] extra (mpiexec).
 """
 import argparse
 import json
@@ -29,7 +29,7 @@ GBIT_PER_S = (10, 25)
 EPOCH_IMAGES = 50000
 
 
-def measure(name, n_steps, n_batch):
+def measure(name, precision, n_steps, n_batch):
     """In each process: the mean time of a training step and of the all-reduce alone."""
     import numpy as np
 
@@ -38,7 +38,8 @@ def measure(name, n_steps, n_batch):
     from models.run.start import build_trainer, get_data, initialise
 
     # One seed: the same data on every rank.
-    cfg = Settings(**train.resolved_config(name, problem="toy", n_batch=n_batch, seed=0))
+    cfg = Settings(**train.resolved_config(name, problem="toy", n_batch=n_batch, seed=0,
+                                           conv_precision=precision))
     processes = train.processes
     train_x, _ = get_data(cfg, processes)
     trainer = build_trainer(cfg)
@@ -60,7 +61,8 @@ def measure(name, n_steps, n_batch):
     t0 = time.time()
     for _ in range(n_steps):
         processes.sum_(flat)
-    return {"config": name, "processes": processes.size, "n_batch": n_batch,
+    return {"config": name, "precision": precision, "processes": processes.size,
+            "n_batch": n_batch,
             "threads": int(os.environ.get("OMP_NUM_THREADS", os.cpu_count())),
             "step_s": step_s, "images_per_s": global_batch / step_s,
             "allreduce_s": (time.time() - t0) / n_steps, "gradient_bytes": flat.nbytes}
@@ -86,23 +88,29 @@ def projection(step_s, n_batch, gradient_bytes):
     return rows
 
 
-def report(single, ranks):
-    lines = [f"Measured on {machine.description()}, {single['config']}, "
-             f"batch {single['n_batch']} per process:", "",
-             "| processes x threads | s/step | images/s | all-reduce of the gradient (s) |",
-             "|---|---|---|---|"]
-    for r in (single, ranks):
+def report(rows):
+    first = rows[0]
+    lines = [f"Measured on {machine.description()}, {first['config']}, "
+             f"batch {first['n_batch']} per process:", "",
+             "| precision | processes x threads | s/step | images/s | speed-up over 1 thread | "
+             "all-reduce of the gradient (s) |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        one = next(o for o in rows if o["precision"] == r["precision"] and
+                   o["processes"] * o["threads"] == 1)
         allreduce = f"{r['allreduce_s']:.3f}" if r["processes"] > 1 else "-"
-        lines.append(f"| {r['processes']} x {r['threads']} | {r['step_s']:.3f} | "
-                     f"{r['images_per_s']:.2f} | {allreduce} |")
-    lines += ["", f"Projected on K machines like this one ({single['step_s']:.2f} s/step each, "
-              f"gradient {single['gradient_bytes'] / 1e6:.0f} MB, ring all-reduce):", "",
-              "| machines | network | s/step | h/epoch | days for 1000 epochs | efficiency |",
-              "|---|---|---|---|---|---|"]
-    for k, gbit, seconds, hours, days, efficiency in projection(
-            single["step_s"], single["n_batch"], single["gradient_bytes"]):
-        lines.append(f"| {k} | {gbit} Gbit/s | {seconds:.2f} | {hours:.2f} | {days:.1f} | "
-                     f"{100 * efficiency:.0f}% |")
+        lines.append(f"| {r['precision']} | {r['processes']} x {r['threads']} | "
+                     f"{r['step_s']:.3f} | {r['images_per_s']:.2f} | "
+                     f"{r['images_per_s'] / one['images_per_s']:.2f} | {allreduce} |")
+    for single in (r for r in rows if r["processes"] == 1 and r["threads"] == 2):
+        lines += ["", f"Projected on K machines like this one, {single['precision']} "
+                  f"({single['step_s']:.2f} s/step each, gradient "
+                  f"{single['gradient_bytes'] / 1e6:.0f} MB, ring all-reduce):", "",
+                  "| machines | network | s/step | h/epoch | days for 1000 epochs | efficiency |",
+                  "|---|---|---|---|---|---|"]
+        for k, gbit, seconds, hours, days, efficiency in projection(
+                single["step_s"], single["n_batch"], single["gradient_bytes"]):
+            lines.append(f"| {k} | {gbit} Gbit/s | {seconds:.2f} | {hours:.2f} | {days:.1f} | "
+                         f"{100 * efficiency:.0f}% |")
     return "\n".join(lines) + "\n"
 
 
@@ -111,22 +119,27 @@ def main():
     parser.add_argument("config", nargs="?", default="table3")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--precision", choices=["fp32", "bf16"],
+                        help="measure one precision (default: both, bf16 where the CPU has it)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = measure(args.config, args.steps, args.batch)
+        result = measure(args.config, args.precision, args.steps, args.batch)
         import train
         if train.processes.is_main:
             print(json.dumps(result))
         return
-    program = [sys.executable, __file__, args.config, "--steps", str(args.steps), "--batch",
-               str(args.batch), "--child"]
+    from run import has_bf16  # benchmarks/run.py
     mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or "mpiexec"
-    single = child(program, threads=2)
-    ranks = child([mpiexec, "-n", "2"] + program, threads=1)
-    text = report(single, ranks)
+    rows = []
+    for precision in [args.precision] if args.precision else ["fp32"] + ["bf16"] * has_bf16():
+        program = [sys.executable, __file__, args.config, "--steps", str(args.steps),
+                   "--batch", str(args.batch), "--precision", precision, "--child"]
+        rows += [child(program, threads=1), child(program, threads=2),
+                 child([mpiexec, "-n", "2"] + program, threads=1)]
+    text = report(rows)
     out = ROOT / "benchmarks"
-    (out / "scaling.json").write_text(json.dumps([single, ranks], indent=1) + "\n")
+    (out / "scaling.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / "scaling.md").write_text(text)
     print(text)
 

@@ -12,6 +12,7 @@ from layers.parameters import FlatParameters
 from layers.runtime.backend import T, theano
 from layers.runtime.function_cache import FunctionCache
 
+from .config import ConfigError
 from .names import check_weights_fit
 from .noise import image_noise
 from .optim import AdaMaxPolyak, GradientVector
@@ -20,19 +21,32 @@ from .optim import AdaMaxPolyak, GradientVector
 SOURCE_FOLDERS = [Path(__file__).parent, Path(ops.__file__).parents[1]]
 
 
+def check_conv_precision(precision):
+    """Raise `ConfigError`, in one sentence, unless convolutions can run in ``precision``
+    ('fp32' or 'bf16') here."""
+    try:
+        ops.check_conv_precision(precision)
+    except ops.PrecisionError as err:
+        raise ConfigError(str(err)) from None
+
+
 class Trainer:
-    """A `ResNetVAE`'s numbers and compiled functions. ``model.seed`` also keys every
+    """A `ResNetVAE`'s numbers and compiled functions, with the convolutions' inputs in
+    ``conv_precision`` ('fp32' or 'bf16', docs/model.md §13). ``model.seed`` also keys every
     posterior sample (docs/model.md §9)."""
 
-    def __init__(self, model):
+    def __init__(self, model, conv_precision="fp32"):
+        check_conv_precision(conv_precision)
         self.model, cfg = model, model.config
+        self.conv_precision = conv_precision
         self.params = FlatParameters.from_values(model.initial, "params")
         self.avg_params = self.params.like("avg_params")  # their Polyak averages
         masks = {conv.w_name: conv.mask for conv in model.masked_convs}
         self.optimiser = AdaMaxPolyak(self.params, self.avg_params, masks, cfg.alpha,
                                       cfg.beta1, cfg.beta2)
         shared = dict(self.optimiser.state, adamax_keep=self.optimiser.keep)
-        key = {"config": cfg.as_dict(), "custom_ops": ops.CUSTOM_OPS}
+        key = {"config": cfg.as_dict(), "custom_ops": ops.CUSTOM_OPS,
+               "conv_precision": conv_precision}
         self._cache = FunctionCache(key, SOURCE_FOLDERS,
                                     {var.name: var for var in shared.values()})
         self._compiled = {}
@@ -52,7 +66,8 @@ class Trainer:
     def _function(self, name, build):
         """``(function, extra)`` from ``build()``, compiled once (and cached on disk)."""
         if name not in self._compiled:
-            self._compiled[name] = self._cache.get(name, build)
+            with ops.conv_precision(self.conv_precision):
+                self._compiled[name] = self._cache.get(name, build)
         return self._compiled[name]
 
     # -- training ----------------------------------------------------------------------
@@ -132,6 +147,14 @@ class Trainer:
         a gradient is not finite, nothing is updated and the caller decides what to do."""
         cost, vector = self.gradient(x, eps)
         return cost, self.apply_gradient(vector)
+
+    def convolutions(self):
+        """One line: what the convolutions run on, in which precision (after a first call,
+        the oneDNN implementations chosen for each pass)."""
+        if not ops.CUSTOM_OPS:
+            return "Convolutions: plain Theano (IAF_CUSTOM_OPS=0), fp32"
+        chosen = ops.onednn.implementations().get(self.conv_precision, "none run yet")
+        return f"Convolutions: oneDNN, {self.conv_precision} inputs ({chosen})"
 
     # -- evaluation and sampling (with the averaged weights) ----------------------------
     def evaluate(self, x, eps):

@@ -1,7 +1,7 @@
-"""Our C ops against the plain Theano they replace: the batched-GEMM convolution layer
-against the original's ELU, pad channel, conv2d and bias (with the ELU folded in by the
-graph rewrite), ELU, the weight-norm, channel-norm, parameter-view and optimiser ops
-against their plain twins or elementwise expressions."""
+"""Our C ops against the plain Theano they replace: the oneDNN convolution layer against
+the original's ELU, pad channel, conv2d and bias (with the ELU folded in by the graph
+rewrite), ELU, the weight-norm, channel-norm, parameter-view and optimiser ops against
+their plain twins or elementwise expressions. The bf16 convolutions are in test_bf16.py."""
 import numpy as np
 import pytest
 
@@ -9,20 +9,20 @@ from layers import ops
 from layers.ops import channel_norm, elementwise, views, weight_norm
 from layers.ops.channel_norm import ChannelNormalise
 from layers.ops.elementwise import ELU, ELUGrad
-from layers.ops.gemm_conv import GemmConv
+from layers.ops.onednn_conv import OnednnConv, OnednnConvGradInputs, OnednnConvGradWeights
 from layers.runtime.backend import T, floatX, theano
 
 plain_elu = elementwise.plain
 
 
-def _layer_and_grads(layer):
+def layer_and_grads(layer):
     """f(x, w, b, gy) -> (y, dL/dw, dL/dx, dL/db) for L = sum(gy * layer(x, w, b))."""
     x, w, b, gy = T.tensor4("x"), T.tensor4("w"), T.vector("b"), T.tensor4("gy")
     y = layer(x, w, b)
     return theano.function([x, w, b, gy], [y] + T.grad(None, [w, x, b], known_grads={y: gy}))
 
 
-def _original_layer(elu_input, pad_channel, taps):
+def _original_layer(stride, elu_input, pad_channel, taps):
     """The layer as the original builds it: ELU, then zero padding and a concatenated pad
     channel (1 on the padding only), a 'valid' conv2d with the image channels' kernel
     zeroed outside the taps (3x3 kernels), then the bias."""
@@ -34,54 +34,75 @@ def _original_layer(elu_input, pad_channel, taps):
             tap_mask = tap_mask.reshape(1, 1, 3, 3)
             w = T.concatenate([w[:, :-1] * tap_mask, w[:, -1:]], axis=1) if pad_channel \
                 else w * tap_mask
+        subsample = (stride, stride)
         if not pad_channel:
-            return T.nnet.conv2d(a, w, border_mode="half") + b.dimshuffle("x", 0, "x", "x")
+            return T.nnet.conv2d(a, w, border_mode="half", subsample=subsample) + \
+                b.dimshuffle("x", 0, "x", "x")
         n, c, height, width = a.shape
         ph, pw = (w.shape[2] - 1) // 2, (w.shape[3] - 1) // 2
         padded = T.set_subtensor(T.zeros((n, c + 1, height + 2 * ph, width + 2 * pw))[:, c:], 1)
         padded = T.set_subtensor(padded[:, c:, ph:ph + height, pw:pw + width], 0)
         padded = T.set_subtensor(padded[:, :c, ph:ph + height, pw:pw + width], a)
-        return T.nnet.conv2d(padded, w, border_mode="valid") + b.dimshuffle("x", 0, "x", "x")
+        return T.nnet.conv2d(padded, w, border_mode="valid", subsample=subsample) + \
+            b.dimshuffle("x", 0, "x", "x")
     return layer
 
 
 TAPS = (0, 2, 4, 7)  # of a 3x3 kernel: (0, 0), (0, 2), (1, 1), (2, 1)
-# (elu_input, pad_channel, taps)
-OPTIONS = [(False, False, None), (True, False, None), (False, True, None), (True, True, None),
-           (True, True, TAPS)]
+MASKED_TAPS = (4, 5, 6, 7, 8)  # a masked convolution's: the centre, right of it, below
+# (stride, elu_input, pad_channel, taps)
+OPTIONS = [(1, False, False, None), (1, True, False, None), (1, False, True, None),
+           (1, True, True, None), (1, True, True, TAPS), (1, True, True, MASKED_TAPS),
+           (2, True, True, None), (2, False, False, None)]
 _compiled = {}
 
 
-def layers(options):
+def options_of(options, precision="fp32"):
+    """The ops' keyword arguments for ``(stride, elu_input, pad_channel, taps)``."""
+    stride, elu_input, pad_channel, taps = options
+    return dict(stride=stride, elu_input=elu_input, pad_channel=pad_channel, taps=taps,
+                precision=precision)
+
+
+def layers(options, precision="fp32"):
     """Our op and the original's layer with these options, compiled once per module."""
-    if options not in _compiled:
-        elu_input, pad_channel, taps = options
-        ours = _layer_and_grads(lambda x, w, b: GemmConv(taps, elu_input, pad_channel)(x, w, b))
-        _compiled[options] = ours, _layer_and_grads(_original_layer(*options))
-    return _compiled[options]
+    if (options, precision) not in _compiled:
+        op = OnednnConv(**options_of(options, precision))
+        ours = layer_and_grads(lambda x, w, b: op(x, w, b))
+        _compiled[options, precision] = ours, layer_and_grads(_original_layer(*options))
+    return _compiled[options, precision]
 
 
-# (images, channels, height, width, filters, kernel): one group of images, several groups
-# (24x24 > 512 pixels, so one image per group), non-square images and kernels, 1x1.
+# (images, channels, height, width, filters, kernel): non-square images and kernels, odd
+# sizes (for stride 2), 1x1, more channels than a vector register holds, more images.
 SHAPES = [(3, 5, 7, 6, 4, (3, 3)), (5, 2, 24, 24, 3, (3, 3)), (4, 3, 9, 5, 2, (5, 5)),
-          (2, 4, 6, 8, 3, (1, 5)), (3, 6, 5, 5, 7, (1, 1)), (17, 3, 8, 8, 5, (3, 3))]
+          (2, 4, 6, 8, 3, (1, 5)), (3, 6, 5, 5, 7, (1, 1)), (17, 3, 8, 8, 5, (3, 3)),
+          (2, 37, 6, 6, 19, (3, 3))]
 
 
-def _random_inputs(shape, pad_channel=False, seed=0):
+def random_inputs(shape, pad_channel=False, stride=1, seed=0):
     n, c, height, width, f, (kh, kw) = shape
     rng = np.random.RandomState(seed)
+    out = ((height - 1) // stride + 1, (width - 1) // stride + 1)
     return (rng.randn(n, c, height, width).astype(floatX),
             rng.randn(f, c + pad_channel, kh, kw).astype(floatX), rng.randn(f).astype(floatX),
-            rng.randn(n, f, height, width).astype(floatX))
+            rng.randn(n, f, *out).astype(floatX))
+
+
+def fits(shape, options):
+    """Whether the options' taps are of the shape's kernel (3x3) and a pad channel has a
+    kernel larger than 1x1 to pad for."""
+    taps_fit = options[3] is None or shape[-1] == (3, 3)
+    return taps_fit and not (options[2] and shape[-1] == (1, 1))
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 def test_output_and_gradients_match_the_originals_layer(shape, options):
-    if options[2] is not None and shape[-1] != (3, 3):
-        pytest.skip("the taps are those of a 3x3 kernel")
+    if not fits(shape, options):
+        pytest.skip("the taps are those of a 3x3 kernel; a 1x1 kernel has no pad channel")
     ours, original = layers(options)
-    inputs = _random_inputs(shape, pad_channel=options[1])
+    inputs = random_inputs(shape, pad_channel=options[2], stride=options[0])
     names = ["y", "grad w", "grad x", "grad b"]
     for got, want, name in zip(ours(*inputs), original(*inputs), names):
         assert got.shape == want.shape, name
@@ -89,51 +110,71 @@ def test_output_and_gradients_match_the_originals_layer(shape, options):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale, err_msg=name)
 
 
-def test_the_weights_gradient_is_zero_at_the_unused_taps_of_the_image_channels():
-    ours, _ = layers((True, True, TAPS))
-    grad_w = ours(*_random_inputs((3, 5, 7, 6, 4, (3, 3)), pad_channel=True))[1]
-    unused = [t for t in range(9) if t not in TAPS]
+@pytest.mark.parametrize("taps", [TAPS, MASKED_TAPS], ids=str)
+def test_the_weights_gradient_is_zero_at_the_unused_taps_of_the_image_channels(taps):
+    ours, _ = layers((1, True, True, taps))
+    grad_w = ours(*random_inputs((3, 5, 7, 6, 4, (3, 3)), pad_channel=True))[1]
+    unused = [t for t in range(9) if t not in taps]
     assert not grad_w[:, :-1].reshape(4, 5, 9)[..., unused].any()
+    assert grad_w[:, :-1].reshape(4, 5, 9)[..., list(taps)].all()
     assert grad_w[:, -1].reshape(4, 9)[..., unused].any()  # the pad channel uses them all
 
 
 def test_results_are_identical_on_every_call():
-    # Several groups of images are shared between threads as they come free; the sums
-    # must not depend on which thread took which group.
-    ours, _ = layers((True, True, None))
-    inputs = _random_inputs((9, 3, 24, 24, 4, (3, 3)), pad_channel=True, seed=1)
+    ours, _ = layers((1, True, True, None))
+    inputs = random_inputs((9, 3, 24, 24, 4, (3, 3)), pad_channel=True, seed=1)
     first = ours(*inputs)
     for _ in range(3):
         for a, b in zip(first, ours(*inputs)):
             assert np.array_equal(a, b)
 
 
+def test_the_options_reach_the_c_code_at_run_time_so_each_pass_compiles_once():
+    x, w, b, gy = T.tensor4(), T.tensor4(), T.vector(), T.tensor4()
+    for op_class, inputs in ((OnednnConv, (x, w, b)), (OnednnConvGradInputs, (w, gy, x)),
+                             (OnednnConvGradWeights, (x, gy, w))):
+        codes = set()
+        for options in OPTIONS:
+            for precision in ("fp32", "bf16"):
+                node = op_class(**options_of(options, precision)).make_node(*inputs)
+                sub = {"fail": "FAIL", "params": "PARAMS"}
+                codes.add(node.op.c_code(node, "name", ["a", "b", "c"], ["y", "z"], sub))
+        assert len(codes) == 1, op_class.__name__
+
+
 def test_an_empty_minibatch_gives_empty_outputs_and_zero_weight_gradients():
-    ours, _ = layers((True, True, None))
-    x, w, b, gy = _random_inputs((0, 3, 5, 5, 4, (3, 3)), pad_channel=True)
+    ours, _ = layers((1, True, True, None))
+    x, w, b, gy = random_inputs((0, 3, 5, 5, 4, (3, 3)), pad_channel=True)
     y, grad_w, grad_x, grad_b = ours(x, w, b, gy)
     assert y.shape == (0, 4, 5, 5) and grad_x.shape == x.shape
     assert grad_w.shape == w.shape and not grad_w.any() and not grad_b.any()
 
 
 def test_mismatched_channels_give_a_clear_error():
-    ours, _ = layers((False, False, None))
-    x, w, b, gy = _random_inputs((2, 3, 5, 5, 4, (3, 3)))
-    with pytest.raises(ValueError, match="GemmConv: the kernel's input channels do not fit"):
+    ours, _ = layers((1, False, False, None))
+    x, w, b, gy = random_inputs((2, 3, 5, 5, 4, (3, 3)))
+    with pytest.raises(ValueError, match="OnednnConv: the kernel's input channels do not fit"):
         ours(x, w[:, :2], b, gy)
 
 
 def test_even_kernels_are_refused():
-    ours, _ = layers((False, False, None))
-    x, w, b, gy = _random_inputs((2, 3, 5, 5, 4, (3, 3)))
+    ours, _ = layers((1, False, False, None))
+    x, w, b, gy = random_inputs((2, 3, 5, 5, 4, (3, 3)))
     with pytest.raises(ValueError, match="kernel sizes must be odd"):
         ours(x, w[:, :, :2, :2], b, gy)
 
 
 def test_empty_images_are_refused():
-    ours, _ = layers((False, False, None))
-    x, w, b, gy = _random_inputs((2, 3, 0, 5, 4, (3, 3)))
+    ours, _ = layers((1, False, False, None))
+    x, w, b, gy = random_inputs((2, 3, 0, 5, 4, (3, 3)))
     with pytest.raises(ValueError, match="empty images or kernel"):
+        ours(x, w, b, gy)
+
+
+def test_taps_outside_the_kernel_are_refused():
+    ours = layer_and_grads(lambda x, w, b: OnednnConv(taps=(0, 9))(x, w, b))
+    x, w, b, gy = random_inputs((2, 3, 5, 5, 4, (3, 3)))
+    with pytest.raises(ValueError, match="the taps do not fit the kernel"):
         ours(x, w, b, gy)
 
 
@@ -280,18 +321,21 @@ def test_optimiser_op_changes_nothing_when_any_element_is_not_finite(monkeypatch
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("pad_channel,taps", [(True, None), (True, TAPS), (False, None)])
-def test_an_elu_in_front_of_the_convolution_is_folded_into_all_three_passes(pad_channel, taps):
+@pytest.mark.parametrize("stride,pad_channel,taps", [(1, True, None), (1, True, TAPS),
+                                                     (1, False, None), (2, True, None)])
+def test_an_elu_in_front_of_the_convolution_is_folded_into_all_three_passes(stride, pad_channel,
+                                                                            taps):
     # The model writes conv(elu(x)); the compiled graph has no ELU left, only the
     # convolution ops with their ELU option, and computes the original's layer.
-    layer = _layer_and_grads(lambda x, w, b: ops.conv2d(ops.elu(x), w, b, (3, 3), 1,
-                                                        pad_channel, taps))
+    layer = layer_and_grads(lambda x, w, b: ops.conv2d(ops.elu(x), w, b, (3, 3), stride,
+                                                       pad_channel, taps))
     nodes = layer.maker.fgraph.apply_nodes
     assert not any(isinstance(node.op, (ELU, ELUGrad)) for node in nodes)
-    convs = [node.op for node in nodes if type(node.op).__name__.startswith("GemmConv")]
+    convs = [node.op for node in nodes if type(node.op).__name__.startswith("OnednnConv")]
     assert len(convs) == 3 and all(op.elu_input for op in convs)
-    inputs = _random_inputs(SHAPES[0], pad_channel=pad_channel)
-    for got, want in zip(layer(*inputs), layers((True, pad_channel, taps))[1](*inputs)):
+    inputs = random_inputs(SHAPES[0], pad_channel=pad_channel, stride=stride)
+    original = layers((stride, True, pad_channel, taps))[1]
+    for got, want in zip(layer(*inputs), original(*inputs)):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * np.abs(want).max())
 
 

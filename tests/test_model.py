@@ -147,7 +147,7 @@ def test_custom_ops_match_plain_theano_in_cost_and_all_gradients(fresh, monkeypa
     fast = cost_and_gradients(fresh)
     monkeypatch.setattr(ops, "CUSTOM_OPS", False)  # the plain version, same weights
     plain = cost_and_gradients(fresh)
-    for op in ("GemmConv", "WeightNorm"):
+    for op in ("OnednnConv", "WeightNorm"):
         assert op in _ops(fast) and op not in _ops(plain)
     noise = [np.random.RandomState(k).randn(*e.shape).astype(floatX)
              for k, e in enumerate(zero_noise(fresh))]

@@ -14,6 +14,7 @@ from PIL import Image
 from models.run.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.run.weights import load_ndict
 from runs import wait_for_checkpoints
+from test_bf16 import HAS_BF16
 
 ROOT = Path(__file__).resolve().parents[1]
 # Long enough (96 steps) that a run is still going when the test interrupts it.
@@ -42,11 +43,21 @@ def start_and_signal(args, logs, sig, after_steps):
     return proc.returncode, out, err, next(logs.iterdir())
 
 
-@pytest.fixture(scope="module")
+_references = {}
+
+
+def uninterrupted(settings, tmp_path_factory):
+    """The folder of the run with ``settings``, made once per module."""
+    if tuple(settings) not in _references:
+        logs = tmp_path_factory.mktemp("reference")
+        run(settings, logs)
+        _references[tuple(settings)] = next(logs.iterdir())
+    return _references[tuple(settings)]
+
+
+@pytest.fixture
 def reference(tmp_path_factory):
-    logs = tmp_path_factory.mktemp("reference")
-    run(TINY, logs)
-    return next(logs.iterdir())
+    return uninterrupted(TINY, tmp_path_factory)
 
 
 def assert_same_run(folder, reference):
@@ -61,8 +72,12 @@ def assert_same_run(folder, reference):
     assert got_meta["loop"] == expected_meta["loop"]  # history, best, counters
 
 
-def test_sigint_then_sigkill_then_resume_matches_an_uninterrupted_run(reference, tmp_path):
-    code, out, _, folder = start_and_signal(TINY, tmp_path, signal.SIGINT, after_steps=4)
+@pytest.mark.parametrize("precision", ["fp32"] + ["bf16"] * HAS_BF16)
+def test_sigint_then_sigkill_then_resume_matches_an_uninterrupted_run(precision, tmp_path,
+                                                                      tmp_path_factory):
+    settings = TINY + ["conv_precision=bf16"] * (precision == "bf16")
+    reference = uninterrupted(settings, tmp_path_factory)
+    code, out, _, folder = start_and_signal(settings, tmp_path, signal.SIGINT, after_steps=4)
     assert code == 0 and f"resume={folder}" in out
     # As if killed after reporting the epoch under way but before its checkpoint: the
     # resumed run reports that epoch again, and results.txt must not hold it twice.
@@ -91,6 +106,14 @@ def test_contradicting_config_is_refused_with_the_differences(reference):
     assert proc.returncode != 0
     assert "n_h: 8 -> 16" in proc.stderr and "margs.kl_min: 0.25 -> 0.5" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units")
+def test_a_run_resumes_in_its_own_precision(reference):
+    proc = subprocess.run(command([f"resume={reference}", "conv_precision=bf16"]),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert "conv_precision: 'fp32' -> 'bf16'" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_diverging_run_stops_before_the_bad_update_and_says_where(tmp_path):

@@ -5,9 +5,11 @@ custom op while `CUSTOM_OPS` is on (the default) and the plain Theano expression
 tested against when ``IAF_CUSTOM_OPS=0`` (or when a test sets `CUSTOM_OPS`); the two
 compute the same thing to float32 rounding (tests/test_custom_ops.py).
 
-- `conv2d`: stride-1 convolutions as batched GEMMs on all cores (`gemm_conv`), with the
+- `conv2d`: convolutions on oneDNN (`onednn_conv`; `onednn` finds the library), with the
   pad channel's border term and the bias in the same pass; an ELU in front is folded in
-  by a graph rewrite (`rewrites`), its derivative into the gradients' passes.
+  by a graph rewrite (`rewrites`), its derivative into the gradients' passes. Their
+  inputs are fp32, or bf16 within `conv_precision("bf16")` (`check_conv_precision` says
+  whether this CPU can).
 - `normalised_weights`: weight normalisation as one op (`weight_norm`).
 - `normalised_channels`: the data-dependent init's normalisation as one op (`channel_norm`).
 - `elu`: ELU as a vectorised op and its derivative (`elementwise`).
@@ -16,15 +18,50 @@ compute the same thing to float32 rounding (tests/test_custom_ops.py).
 
 May import: `layers.runtime.backend` (Theano), numpy, the standard library.
 """
+import contextlib
 import os
 
 from ..runtime.backend import T
-from . import adamax, channel_norm, conv, elementwise, rewrites, views, weight_norm
+from . import adamax, channel_norm, conv, elementwise, onednn, rewrites, views, weight_norm
+from .onednn_conv import PRECISIONS
 
 # True: our C ops; False: the plain Theano twins. One switch for all of them.
 CUSTOM_OPS = os.environ.get("IAF_CUSTOM_OPS", "1") != "0"
+_conv_precision = ["fp32"]  # of the convolutions built now (see `conv_precision`)
 
 rewrites.register()
+
+
+class PrecisionError(ValueError):
+    """Convolutions cannot run in the precision asked for here; the message says why."""
+
+
+def check_conv_precision(precision):
+    """Raise `PrecisionError`, in one sentence, unless convolutions can run in ``precision``
+    ('fp32' or 'bf16') on this CPU with the ops the switch selects."""
+    if precision not in PRECISIONS:
+        raise PrecisionError(f"conv_precision={precision!r}: valid choices: "
+                             f"{', '.join(PRECISIONS)}")
+    if precision == "bf16" and not CUSTOM_OPS:
+        raise PrecisionError("conv_precision=bf16 runs on the oneDNN convolution op, and "
+                             "IAF_CUSTOM_OPS=0 selects plain Theano's, which is fp32 only")
+    if precision == "bf16":
+        try:
+            onednn.check_bf16()
+        except onednn.OnednnError as err:
+            raise PrecisionError(str(err)) from None
+
+
+@contextlib.contextmanager
+def conv_precision(precision):
+    """Within it, `conv2d` builds convolutions (and, from them, their gradients) whose
+    inputs are rounded to ``precision`` ('fp32' or 'bf16'; as ``torch.autocast``)."""
+    check_conv_precision(precision)
+    _conv_precision.append(precision)
+    try:
+        yield
+    finally:
+        _conv_precision.pop()
 
 
 def _twin(module):
@@ -37,7 +74,8 @@ def conv2d(x, kernel, bias, kernel_shape, stride=1, pad_channel=False, taps=None
     a true (flipped) convolution with ``stride``; with ``pad_channel`` the kernel's last
     input channel is the pad channel (1 on the padding). ``taps``, if given, lists the
     kernel positions (flat ``i * kw + j``) where the image channels' kernel may be nonzero."""
-    return _twin(conv)(x, kernel, bias, tuple(kernel_shape), stride, pad_channel, taps)
+    return _twin(conv)(x, kernel, bias, tuple(kernel_shape), stride, pad_channel, taps,
+                       _conv_precision[-1])
 
 
 def normalised_weights(v, s, eps, mask=None):

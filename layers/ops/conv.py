@@ -1,19 +1,18 @@
-"""The convolution of a layer (docs/model.md §2): our op for stride 1, Theano's otherwise."""
+"""The convolution of a layer (docs/model.md §2): our oneDNN op, or Theano's."""
 from ..runtime.backend import T, floatX
-from .gemm_conv import GemmConv
+from .onednn_conv import OnednnConv
 
 
-def custom(x, kernel, bias, kernel_shape, stride, pad_channel, taps):
-    """Stride 1: the batched-GEMM op, which also adds the border term and the bias."""
-    if stride != 1:
-        return plain(x, kernel, bias, kernel_shape, stride, pad_channel, taps)
-    return GemmConv(taps, False, pad_channel)(x, kernel, bias)
+def custom(x, kernel, bias, kernel_shape, stride, pad_channel, taps, precision):
+    """The oneDNN op, which also adds the border term and the bias."""
+    return OnednnConv(stride, taps, False, pad_channel, precision)(x, kernel, bias)
 
 
-def plain(x, kernel, bias, kernel_shape, stride, pad_channel, taps):
+def plain(x, kernel, bias, kernel_shape, stride, pad_channel, taps, precision):
     """Theano's conv2d, the pad channel as a fixed border term: convolved once as a
     1-image batch and broadcast, instead of concatenated to every input (the same sum, far
-    less memory traffic). ``taps`` is not needed: the kernel is zero elsewhere."""
+    less memory traffic). ``taps`` is not needed: the kernel is zero elsewhere; the
+    precision is fp32 (`check_conv_precision` refuses bf16 with the plain ops)."""
     pad = tuple((k - 1) // 2 for k in kernel_shape)
     subsample = (stride, stride)
     if not pad_channel:

@@ -10,7 +10,7 @@ from theano.compile import optdb
 from theano.gof.opt import LocalOptGroup, TopoOptimizer, local_optimizer
 
 from .elementwise import ELU, ELUGrad
-from .gemm_conv import GemmConv, GemmConvGradInputs, GemmConvGradWeights
+from .onednn_conv import OnednnConv, OnednnConvGradInputs, OnednnConvGradWeights
 
 
 def _elu_argument(var):
@@ -20,10 +20,10 @@ def _elu_argument(var):
 
 
 def _with_elu_input(op):
-    return type(op)(op.taps, True, op.pad_channel)
+    return type(op)(**op.options(elu_input=True))
 
 
-@local_optimizer([GemmConv, GemmConvGradWeights])
+@local_optimizer([OnednnConv, OnednnConvGradWeights])
 def fold_elu_into_convolution(node):
     """``conv(ELU(x), ...)`` -> ``conv_with_elu_input(x, ...)``, for the forward pass and
     the weights' gradient (both read the convolution's input)."""
@@ -39,7 +39,7 @@ def fold_elu_slope_into_input_gradient(node):
     when that input gradient is used nowhere else."""
     x, gradient = node.inputs
     source = gradient.owner
-    if source is None or not isinstance(source.op, GemmConvGradInputs) or \
+    if source is None or not isinstance(source.op, OnednnConvGradInputs) or \
             source.op.elu_input or len(gradient.clients) != 1:
         return False
     w, gy, conv_input = source.inputs

@@ -35,10 +35,11 @@ MAX_BYTES = 4 * 2**30  # beyond this, the least recently used entries are remove
 
 
 def _source_digest(folders):
-    """A digest of the Python and C source in ``folders`` and their subfolders."""
+    """A digest of the Python, C and C++ source in ``folders`` and their subfolders."""
     digest = hashlib.sha256()
     for folder in folders:
-        for path in sorted(Path(folder).rglob("*.py")) + sorted(Path(folder).rglob("*.c")):
+        for path in sorted(p for suffix in ("py", "c", "cpp") for p in
+                           Path(folder).rglob(f"*.{suffix}")):
             name = path.relative_to(folder).as_posix()
             digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()

@@ -106,7 +106,8 @@ def saved_run(folder, cfg, sacred_run, processes):
                                      _user_set(sacred_run, ("resume", "seed") + MAY_CHANGE))
     if differences:
         raise ConfigError(f"the config contradicts the run in {folder}: {'; '.join(differences)}")
-    saved = dict(meta["config"], resume=folder)
+    # Settings the saved run predates (e.g. conv_precision) take their given or default value.
+    saved = {**current, **meta["config"], "resume": folder}
     modified = sacred_run.config_modifications.modified
     saved.update({k: current[k] for k in MAY_CHANGE if k in modified})
     return Settings(**saved), LoopState(**meta["loop"]), arrays

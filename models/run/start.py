@@ -35,7 +35,8 @@ def build_trainer(cfg, draw_weights=True):
         config = ModelConfig(**cfg.margs)
     except TypeError as err:  # e.g. options saved by another version of this code
         raise ConfigError(f"margs do not fit this version's model options ({err})") from None
-    return Trainer(ResNetVAE(config, seed=cfg.seed, draw_weights=draw_weights))
+    return Trainer(ResNetVAE(config, seed=cfg.seed, draw_weights=draw_weights),
+                   cfg.conv_precision)
 
 
 def initialise(trainer, cfg, processes, init_x=None):
