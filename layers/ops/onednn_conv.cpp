@@ -13,9 +13,10 @@
  * from Theano's NCHW (after ELU, when the input has it), rounding them to bf16 in that
  * precision, and its result back to NCHW, then adds the border and bias, or multiplies by
  * ELU's slope, in place. In bf16 oneDNN's inputs (images, kernel, output gradient) are bf16,
- * its products are summed in fp32 and its outputs are fp32. A masked kernel (taps listed) goes to oneDNN cut to the box of its used
- * taps (with the centre), with padding to match: the rows and columns that only hold zeros
- * cost nothing. oneDNN's primitives are made once per shape and kept.
+ * its products are summed in fp32 and its outputs are fp32. A masked kernel (taps listed)
+ * goes to oneDNN cut to the box of its used taps (with the centre), with padding to match:
+ * the rows and columns that only hold zeros cost nothing. oneDNN's primitives are made once
+ * per shape and kept.
  * All arrays are C-contiguous float32, N > 0; functions return 0, or -1 with a Python error.
  * iaf_elu and iaf_elu_slope come from c_support.py.
  */
@@ -55,6 +56,9 @@ struct Layer {
 
     int pad_top() const { return (kh - 1) / 2 - u0; }
     int pad_left() const { return (kw - 1) / 2 - v0; }
+    memory::dims strides() const { return {s, s}; }
+    memory::dims padding_before() const { return {pad_top(), pad_left()}; }
+    memory::dims padding_after() const { return {bh - 1 - pad_top(), bw - 1 - pad_left()}; }
     long in_pixels() const { return (long)H * W; }
     long out_pixels() const { return (long)OH * OW; }
     dtype inputs() const { return bf16 ? dtype::bf16 : dtype::f32; }
@@ -120,8 +124,7 @@ static dnnl::convolution_forward::primitive_desc forward_desc(const Layer& L)
     return dnnl::convolution_forward::primitive_desc(
         engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
         L.images(L.inputs()), L.kernel(L.inputs(), tag::any), L.outputs(dtype::f32),
-        {L.s, L.s}, {L.pad_top(), L.pad_left()},
-        {L.bh - 1 - L.pad_top(), L.bw - 1 - L.pad_left()});
+        L.strides(), L.padding_before(), L.padding_after());
 }
 
 /* Tells layers/ops/onednn.py which implementation oneDNN chose (never fails a pass). */
@@ -139,8 +142,6 @@ static void note(const Layer& L, Pass pass, const dnnl::primitive_desc_base& des
 
 static Primitive make_primitive(const Layer& L, Pass pass)
 {
-    const memory::dims strides{L.s, L.s}, pad_l{L.pad_top(), L.pad_left()},
-        pad_r{L.bh - 1 - L.pad_top(), L.bw - 1 - L.pad_left()};
     const memory::desc plain = L.kernel(dtype::f32, tag::oihw);
     const auto forward = forward_desc(L);
     Primitive p;
@@ -156,8 +157,8 @@ static Primitive make_primitive(const Layer& L, Pass pass)
     } else if (pass == GRAD_INPUTS) {
         const dnnl::convolution_backward_data::primitive_desc desc(
             engine(), dnnl::algorithm::convolution_direct, L.images(dtype::f32),
-            L.kernel(L.inputs(), tag::any), L.outputs(L.inputs()), strides, pad_l, pad_r,
-            forward);
+            L.kernel(L.inputs(), tag::any), L.outputs(L.inputs()), L.strides(),
+            L.padding_before(), L.padding_after(), forward);
         p.conv = dnnl::convolution_backward_data(desc);
         p.kernel = desc.weights_desc();
         p.result_out = reorder(L.images(dtype::f32), L.images(dtype::f32, tag::nchw));
@@ -165,8 +166,8 @@ static Primitive make_primitive(const Layer& L, Pass pass)
     } else {
         const dnnl::convolution_backward_weights::primitive_desc desc(
             engine(), dnnl::algorithm::convolution_direct, L.images(L.inputs()),
-            L.kernel(dtype::f32, tag::any), L.outputs(L.inputs()), strides, pad_l, pad_r,
-            forward);
+            L.kernel(dtype::f32, tag::any), L.outputs(L.inputs()), L.strides(),
+            L.padding_before(), L.padding_after(), forward);
         p.conv = dnnl::convolution_backward_weights(desc);
         p.kernel = desc.diff_weights_desc();
         note(L, pass, desc);
@@ -209,7 +210,7 @@ static void* buffer(int which, size_t bytes)
 
 /* The images x (N, C, H, W) as the primitive takes them: a(x) reordered into the IMAGES area
  * (NHWC, fp32 or bf16). */
-static memory images(const Layer& L, const Primitive& p, const float* x)
+static memory input_images(const Layer& L, const Primitive& p, const float* x)
 {
     const long size = (long)L.N * L.C * L.in_pixels();
     if (L.elu_input) {
@@ -220,8 +221,7 @@ static memory images(const Layer& L, const Primitive& p, const float* x)
     }
     const memory::desc want = L.images(L.inputs());
     memory out(want, engine(), buffer(IMAGES, want.get_size()));
-    run(p.images_in, memory(L.images(dtype::f32, tag::nchw), engine(),
-                                         (void*)x), out);
+    run(p.images_in, memory(L.images(dtype::f32, tag::nchw), engine(), (void*)x), out);
     return out;
 }
 
@@ -230,8 +230,7 @@ static memory output_gradient(const Layer& L, const Primitive& p, const float* g
 {
     const memory::desc want = L.outputs(L.inputs());
     memory out(want, engine(), buffer(OUTPUTS, want.get_size()));
-    run(p.gradient_in, memory(L.outputs(dtype::f32, tag::nchw), engine(),
-                                           (void*)gy), out);
+    run(p.gradient_in, memory(L.outputs(dtype::f32, tag::nchw), engine(), (void*)gy), out);
     return out;
 }
 
@@ -310,13 +309,12 @@ static int forward(const Layer& L, const float* x, const float* w, const float* 
 {
     return guarded("OnednnConv", [&] {
         const Primitive& p = primitive(L, FORWARD);
-        const memory src = images(L, p, x), weights = kernel(L, p, w);
+        const memory src = input_images(L, p, x), weights = kernel(L, p, w);
         const memory dst(L.outputs(dtype::f32), engine(),
                          buffer(OUTPUTS, L.outputs(dtype::f32).get_size()));
         p.conv.execute(stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights},
                                   {DNNL_ARG_DST, dst}});
-        run(p.result_out, dst, memory(L.outputs(dtype::f32, tag::nchw), engine(),
-                                                   y));
+        run(p.result_out, dst, memory(L.outputs(dtype::f32, tag::nchw), engine(), y));
         stream().wait();
         const long P = L.out_pixels();
         const float* add = border_and_bias(L, w, b);
@@ -337,8 +335,7 @@ static int grad_inputs(const Layer& L, const float* w, const float* gy, const fl
                               buffer(IMAGES, L.images(dtype::f32).get_size()));
         p.conv.execute(stream(), {{DNNL_ARG_DIFF_DST, diff_dst}, {DNNL_ARG_WEIGHTS, weights},
                                   {DNNL_ARG_DIFF_SRC, diff_src}});
-        run(p.result_out, diff_src, memory(L.images(dtype::f32, tag::nchw),
-                                                        engine(), gx));
+        run(p.result_out, diff_src, memory(L.images(dtype::f32, tag::nchw), engine(), gx));
         stream().wait();
         if (L.elu_input) {
             const long size = (long)L.N * L.C * L.in_pixels();
@@ -355,11 +352,12 @@ static int grad_weights(const Layer& L, const float* x, const float* gy, float* 
 {
     return guarded("OnednnConvGradWeights", [&] {
         const Primitive& p = primitive(L, GRAD_WEIGHTS);
-        const memory src = images(L, p, x), diff_dst = output_gradient(L, p, gy);
+        const memory src = input_images(L, p, x), diff_dst = output_gradient(L, p, gy);
         const memory diff_weights(p.kernel, engine(), buffer(KERNEL, p.kernel.get_size()));
         p.conv.execute(stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_DIFF_DST, diff_dst},
                                   {DNNL_ARG_DIFF_WEIGHTS, diff_weights}});
-        const long box = (long)L.bh * L.bw, KK = L.kh * L.kw, R = (long)(L.C + L.pad_channel) * KK;
+        const long box = (long)L.bh * L.bw, KK = L.kh * L.kw;
+        const long R = (long)(L.C + L.pad_channel) * KK;
         memory plain(L.kernel(dtype::f32, tag::oihw), engine(),
                      buffer(PLAIN_KERNEL, (size_t)L.F * L.C * box * sizeof(float)));
         run(p.kernel_reorder, diff_weights, plain);
