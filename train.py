@@ -30,7 +30,7 @@ from models.run import inspection
 from models.run.checkpoint import CheckpointError
 from models.run.folder import open_folder
 from models.run.report import Progress, ReportError, report, stop_on_signals
-from models.run.resume import (DATA_KEYS, MODEL_KEYS, LoopState, Settings, command_settings,
+from models.run.resume import (INSPECTION_KEYS, LoopState, Settings, command_settings,
                                restore_training_state, save_run, saved_run)
 from models.run.start import build_trainer, get_data, initialise
 from models.run.processes import ParallelError, Processes
@@ -131,7 +131,7 @@ def train(_config, _run):
     """Train, reporting test bits/dim, weights and samples into a run folder."""
     with user_errors():
         cfg = command_settings(_config, _run, processes)
-        check_conv_precision(cfg.conv_precision)
+        check_conv_precision(cfg.conv_precision)  # before a new run's folder is made
         folder = processes.broadcast(new_or_resumed_folder(cfg) if processes.is_main else None)
         state, arrays = LoopState(), None
         if cfg.resume:
@@ -230,7 +230,7 @@ def training_loop(cfg, folder, state, trainer, train_x, test_x, sacred_run, stop
 def trained_model(config, sacred_run):
     """The settings and the trainer with the weights of ``load_model_path``, for a command
     that inspects it (on the data the run used, unless told otherwise)."""
-    cfg = command_settings(config, sacred_run, processes, MODEL_KEYS + DATA_KEYS)
+    cfg = command_settings(config, sacred_run, processes, INSPECTION_KEYS)
     if cfg.load_model_path is None:
         raise Error("this command needs load_model_path=DIR, a folder with "
                     "weights.ndict.tar.gz (a run folder of this project, or the original's)")

@@ -5,8 +5,8 @@ the convolutions in fp32 and in bf16.
                                                   # benchmarks/results.{md,json}
     python benchmarks/run.py readme_example --steps 10 --precision bf16
 
-For each config and precision, fresh processes build the model and time it, all with one new Theano
-compile directory: the first finds it empty (cold compile: C code and graphs), the second
+For each config and precision, fresh processes build the model and time it, all with one
+new Theano compile directory: the first finds it empty (cold compile: C code and graphs), the second
 reuses the C code but not the compiled functions (warm start: Theano optimises the graphs
 again), the third and fourth use the function cache (layers/runtime/function_cache.py; the third
 fills it, the fourth shows the cached start). Reported: those start times (process start,
@@ -199,7 +199,7 @@ def measure(name, precision, n_steps, n_batch, started, weights_path=None):
 def has_bf16():
     """Whether oneDNN finds bf16 units (AMX or AVX512-BF16) on this CPU."""
     from layers.ops import onednn
-    return onednn.cpu_isa()[1] & onednn.BF16_ISA == onednn.BF16_ISA
+    return onednn.has_bf16()
 
 
 def evaluate_first_minibatch(name, precision, n_batch, weights_path):

@@ -24,10 +24,9 @@ SOURCE_FOLDERS = [Path(__file__).parent, Path(ops.__file__).parents[1]]
 def check_conv_precision(precision):
     """Raise `ConfigError`, in one sentence, unless convolutions can run in ``precision``
     ('fp32' or 'bf16') here."""
-    try:
-        ops.check_conv_precision(precision)
-    except ops.PrecisionError as err:
-        raise ConfigError(str(err)) from None
+    problem = ops.conv_precision_problem(precision)
+    if problem:
+        raise ConfigError(problem)
 
 
 class Trainer:

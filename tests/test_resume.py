@@ -1,6 +1,8 @@
 """Runs that survive: interrupt (SIGINT, SIGKILL), resume, and match an uninterrupted run
 bit for bit; damaged checkpoints fall back; contradicting configs are refused."""
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -106,6 +108,20 @@ def test_contradicting_config_is_refused_with_the_differences(reference):
     assert proc.returncode != 0
     assert "n_h: 8 -> 16" in proc.stderr and "margs.kl_min: 0.25 -> 0.5" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_run_folder_saved_before_conv_precision_existed_resumes_in_fp32(reference, tmp_path):
+    folder = tmp_path / "run"
+    shutil.copytree(reference, folder)
+    arrays, meta = load_checkpoint(folder)
+    del meta["config"]["conv_precision"]
+    save_checkpoint(folder, arrays, meta)
+    config = json.loads((folder / "config.json").read_text())
+    del config["conv_precision"]
+    (folder / "config.json").write_text(json.dumps(config))
+    proc = run([f"resume={folder}", "n_epochs=9", "conv_precision=fp32"], tmp_path)
+    assert "Convolutions: oneDNN, fp32 inputs" in proc.stdout
+    assert load_checkpoint(folder)[1]["loop"]["epoch"] == 9
 
 
 @pytest.mark.skipif(not HAS_BF16, reason="this CPU has no bf16 units")

@@ -8,7 +8,7 @@ compute the same thing to float32 rounding (tests/test_custom_ops.py).
 - `conv2d`: convolutions on oneDNN (`onednn_conv`; `onednn` finds the library), with the
   pad channel's border term and the bias in the same pass; an ELU in front is folded in
   by a graph rewrite (`rewrites`), its derivative into the gradients' passes. Their
-  inputs are fp32, or bf16 within `conv_precision("bf16")` (`check_conv_precision` says
+  inputs are fp32, or bf16 within `conv_precision("bf16")` (`conv_precision_problem` says
   whether this CPU can).
 - `normalised_weights`: weight normalisation as one op (`weight_norm`).
 - `normalised_channels`: the data-dependent init's normalisation as one op (`channel_norm`).
@@ -32,31 +32,28 @@ _conv_precision = ["fp32"]  # of the convolutions built now (see `conv_precision
 rewrites.register()
 
 
-class PrecisionError(ValueError):
-    """Convolutions cannot run in the precision asked for here; the message says why."""
-
-
-def check_conv_precision(precision):
-    """Raise `PrecisionError`, in one sentence, unless convolutions can run in ``precision``
-    ('fp32' or 'bf16') on this CPU with the ops the switch selects."""
+def conv_precision_problem(precision):
+    """None if convolutions can run in ``precision`` ('fp32' or 'bf16') on this CPU with the
+    ops the switch selects, else one sentence that says why not."""
     if precision not in PRECISIONS:
-        raise PrecisionError(f"conv_precision={precision!r}: valid choices: "
-                             f"{', '.join(PRECISIONS)}")
+        return f"conv_precision={precision!r}: valid choices: {', '.join(PRECISIONS)}"
     if precision == "bf16" and not CUSTOM_OPS:
-        raise PrecisionError("conv_precision=bf16 runs on the oneDNN convolution op, and "
-                             "IAF_CUSTOM_OPS=0 selects plain Theano's, which is fp32 only")
-    if precision == "bf16":
-        try:
-            onednn.check_bf16()
-        except onednn.OnednnError as err:
-            raise PrecisionError(str(err)) from None
+        return ("conv_precision=bf16 runs on the oneDNN convolution op, and "
+                "IAF_CUSTOM_OPS=0 selects plain Theano's, which is fp32 only")
+    if precision == "bf16" and not onednn.has_bf16():
+        return (f"conv_precision=bf16 needs a CPU with AMX-BF16 or AVX512-BF16 instructions, "
+                f"and this one has neither (oneDNN runs on {onednn.cpu_isa()[0]} here); "
+                f"conv_precision=fp32 works on any CPU")
+    return None
 
 
 @contextlib.contextmanager
 def conv_precision(precision):
     """Within it, `conv2d` builds convolutions (and, from them, their gradients) whose
     inputs are rounded to ``precision`` ('fp32' or 'bf16'; as ``torch.autocast``)."""
-    check_conv_precision(precision)
+    problem = conv_precision_problem(precision)
+    if problem:
+        raise ValueError(problem)
     _conv_precision.append(precision)
     try:
         yield

@@ -54,13 +54,9 @@ def cpu_isa():
     return ISAS.get(value, hex(value)), value
 
 
-def check_bf16():
-    """Raise `OnednnError` with one sentence unless this CPU has bf16 units oneDNN uses."""
-    name, value = cpu_isa()
-    if value & BF16_ISA != BF16_ISA:
-        raise OnednnError(f"conv_precision=bf16 needs a CPU with AMX-BF16 or AVX512-BF16 "
-                          f"instructions, and this one has neither (oneDNN runs on {name} "
-                          f"here); conv_precision=fp32 works on any CPU")
+def has_bf16():
+    """Whether oneDNN runs bf16 products on this CPU's bf16 units (AMX or AVX512-BF16)."""
+    return cpu_isa()[1] & BF16_ISA == BF16_ISA
 
 
 _implementations = {}  # (precision, pass) -> the implementations oneDNN chose

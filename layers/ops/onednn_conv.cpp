@@ -16,7 +16,8 @@
  * its products are summed in fp32 and its outputs are fp32. A masked kernel (taps listed)
  * goes to oneDNN cut to the box of its used taps (with the centre), with padding to match:
  * the rows and columns that only hold zeros cost nothing. oneDNN's primitives are made once
- * per shape and kept.
+ * per shape and kept. The primitives, the stream and the work areas are shared by all calls:
+ * Theano runs one op at a time, holding Python's lock.
  * All arrays are C-contiguous float32, N > 0; functions return 0, or -1 with a Python error.
  * iaf_elu and iaf_elu_slope come from c_support.py.
  */
@@ -28,30 +29,45 @@ using dtype = memory::data_type;
 using tag = memory::format_tag;
 
 /* The layer: N images of C channels, H x W pixels, F filters of kh x kw with stride s, giving
- * OH x OW outputs; the image channels' used taps (flat index i * kw + j); the options. The box
- * is in oneDNN's orientation (u = kh - 1 - i, v = kw - 1 - j): rows u0 .. u0 + bh - 1, columns
- * v0 .. v0 + bw - 1, with the input padded by ph - u0 above and pw - v0 left of the image. */
+ * OH x OW outputs; the image channels' used taps (flat index i * kw + j): all, or the n_taps
+ * listed; the options. The box is in oneDNN's orientation (u = kh - 1 - i, v = kw - 1 - j):
+ * rows u0 .. u0 + bh - 1, columns v0 .. v0 + bw - 1, with the input padded by ph - u0 above
+ * and pw - v0 left of the image. */
 struct Layer {
     int N, C, H, W, F, kh, kw, s, OH, OW;
-    bool elu_input, pad_channel, bf16;
-    std::vector<char> used;
+    const int* taps;
+    int n_taps;
+    bool all_taps, elu_input, pad_channel, bf16;
     int u0, v0, bh, bw;
 
-    Layer(int N_, int C_, int H_, int W_, int F_, int kh_, int kw_, int s_, const int* taps,
-          int n_taps, bool elu, bool pad, bool bf)
+    Layer(int N_, int C_, int H_, int W_, int F_, int kh_, int kw_, int s_, bool all,
+          const int* taps_, int n_taps_, bool elu, bool pad, bool bf)
         : N(N_), C(C_), H(H_), W(W_), F(F_), kh(kh_), kw(kw_), s(s_),
-          OH((H_ - 1) / s_ + 1), OW((W_ - 1) / s_ + 1), elu_input(elu), pad_channel(pad),
-          bf16(bf), used(kh_ * kw_, n_taps ? 0 : 1)
+          OH((H_ - 1) / s_ + 1), OW((W_ - 1) / s_ + 1), taps(taps_), n_taps(n_taps_),
+          all_taps(all), elu_input(elu), pad_channel(pad), bf16(bf)
     {
-        for (int t = 0; t < n_taps; ++t) used[taps[t]] = 1;
         int u1 = (kh - 1) / 2, v1 = (kw - 1) / 2;  /* the centre is always in the box */
         u0 = u1, v0 = v1;
         for (int k = 0; k < kh * kw; ++k) {
-            if (!used[k]) continue;
+            if (!used(k)) continue;
             const int u = kh - 1 - k / kw, v = kw - 1 - k % kw;
             u0 = std::min(u0, u), u1 = std::max(u1, u), v0 = std::min(v0, v), v1 = std::max(v1, v);
         }
         bh = u1 - u0 + 1, bw = v1 - v0 + 1;
+    }
+
+    /* Whether the image channels' kernel may be nonzero at tap k. */
+    bool used(int k) const
+    {
+        return all_taps || std::find(taps, taps + n_taps, k) != taps + n_taps;
+    }
+
+    /* used(k) for every tap k. */
+    std::vector<char> used_taps() const
+    {
+        std::vector<char> out(kh * kw);
+        for (int k = 0; k < kh * kw; ++k) out[k] = used(k);
+        return out;
     }
 
     int pad_top() const { return (kh - 1) / 2 - u0; }
@@ -61,7 +77,7 @@ struct Layer {
     memory::dims padding_after() const { return {bh - 1 - pad_top(), bw - 1 - pad_left()}; }
     long in_pixels() const { return (long)H * W; }
     long out_pixels() const { return (long)OH * OW; }
-    dtype inputs() const { return bf16 ? dtype::bf16 : dtype::f32; }
+    dtype input_type() const { return bf16 ? dtype::bf16 : dtype::f32; }
     memory::desc images(dtype t, tag layout = tag::nhwc) const
     {
         return memory::desc({N, C, H, W}, t, layout);
@@ -123,7 +139,7 @@ static dnnl::convolution_forward::primitive_desc forward_desc(const Layer& L)
 {
     return dnnl::convolution_forward::primitive_desc(
         engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-        L.images(L.inputs()), L.kernel(L.inputs(), tag::any), L.outputs(dtype::f32),
+        L.images(L.input_type()), L.kernel(L.input_type(), tag::any), L.outputs(dtype::f32),
         L.strides(), L.padding_before(), L.padding_after());
 }
 
@@ -146,9 +162,9 @@ static Primitive make_primitive(const Layer& L, Pass pass)
     const auto forward = forward_desc(L);
     Primitive p;
     if (pass != GRAD_INPUTS)
-        p.images_in = reorder(L.images(dtype::f32, tag::nchw), L.images(L.inputs()));
+        p.images_in = reorder(L.images(dtype::f32, tag::nchw), L.images(L.input_type()));
     if (pass != FORWARD)
-        p.gradient_in = reorder(L.outputs(dtype::f32, tag::nchw), L.outputs(L.inputs()));
+        p.gradient_in = reorder(L.outputs(dtype::f32, tag::nchw), L.outputs(L.input_type()));
     if (pass == FORWARD) {
         p.conv = dnnl::convolution_forward(forward);
         p.kernel = forward.weights_desc();
@@ -157,7 +173,7 @@ static Primitive make_primitive(const Layer& L, Pass pass)
     } else if (pass == GRAD_INPUTS) {
         const dnnl::convolution_backward_data::primitive_desc desc(
             engine(), dnnl::algorithm::convolution_direct, L.images(dtype::f32),
-            L.kernel(L.inputs(), tag::any), L.outputs(L.inputs()), L.strides(),
+            L.kernel(L.input_type(), tag::any), L.outputs(L.input_type()), L.strides(),
             L.padding_before(), L.padding_after(), forward);
         p.conv = dnnl::convolution_backward_data(desc);
         p.kernel = desc.weights_desc();
@@ -165,8 +181,8 @@ static Primitive make_primitive(const Layer& L, Pass pass)
         note(L, pass, desc);
     } else {
         const dnnl::convolution_backward_weights::primitive_desc desc(
-            engine(), dnnl::algorithm::convolution_direct, L.images(L.inputs()),
-            L.kernel(dtype::f32, tag::any), L.outputs(L.inputs()), L.strides(),
+            engine(), dnnl::algorithm::convolution_direct, L.images(L.input_type()),
+            L.kernel(dtype::f32, tag::any), L.outputs(L.input_type()), L.strides(),
             L.padding_before(), L.padding_after(), forward);
         p.conv = dnnl::convolution_backward_weights(desc);
         p.kernel = desc.diff_weights_desc();
@@ -219,7 +235,7 @@ static memory input_images(const Layer& L, const Primitive& p, const float* x)
         for (long e = 0; e < size; ++e) a[e] = iaf_elu(x[e]);
         x = a;
     }
-    const memory::desc want = L.images(L.inputs());
+    const memory::desc want = L.images(L.input_type());
     memory out(want, engine(), buffer(IMAGES, want.get_size()));
     run(p.images_in, memory(L.images(dtype::f32, tag::nchw), engine(), (void*)x), out);
     return out;
@@ -228,7 +244,7 @@ static memory input_images(const Layer& L, const Primitive& p, const float* x)
 /* The output gradient gy (N, F, OH, OW) as the primitive takes it, in the OUTPUTS area. */
 static memory output_gradient(const Layer& L, const Primitive& p, const float* gy)
 {
-    const memory::desc want = L.outputs(L.inputs());
+    const memory::desc want = L.outputs(L.input_type());
     memory out(want, engine(), buffer(OUTPUTS, want.get_size()));
     run(p.gradient_in, memory(L.outputs(dtype::f32, tag::nchw), engine(), (void*)gy), out);
     return out;
@@ -239,6 +255,7 @@ static memory output_gradient(const Layer& L, const Primitive& p, const float* g
 static memory kernel(const Layer& L, const Primitive& p, const float* w)
 {
     const long R = (long)(L.C + L.pad_channel) * L.kh * L.kw, box = (long)L.bh * L.bw;
+    const std::vector<char> used = L.used_taps();
     float* plain = (float*)buffer(PLAIN_KERNEL, (size_t)L.F * L.C * box * sizeof(float));
     #pragma omp parallel for schedule(static)
     for (long fc = 0; fc < (long)L.F * L.C; ++fc) {
@@ -246,7 +263,7 @@ static memory kernel(const Layer& L, const Primitive& p, const float* w)
         for (int a = 0; a < L.bh; ++a)
             for (int b = 0; b < L.bw; ++b) {
                 const int k = (L.kh - 1 - L.u0 - a) * L.kw + (L.kw - 1 - L.v0 - b);
-                plain[fc * box + a * L.bw + b] = L.used[k] ? src[k] : 0.0f;
+                plain[fc * box + a * L.bw + b] = used[k] ? src[k] : 0.0f;
             }
     }
     memory in(L.kernel(dtype::f32, tag::oihw), engine(), plain);
@@ -296,10 +313,10 @@ static int guarded(const char* op, Body body)
     try {
         body();
         return 0;
-    } catch (const dnnl::error& err) {
-        PyErr_Format(PyExc_RuntimeError, "%s: oneDNN failed: %s", op, err.what());
     } catch (const std::bad_alloc&) {
         PyErr_NoMemory();
+    } catch (const std::exception& err) {  /* oneDNN's errors among them */
+        PyErr_Format(PyExc_RuntimeError, "%s: oneDNN failed: %s", op, err.what());
     }
     return -1;
 }
@@ -363,6 +380,7 @@ static int grad_weights(const Layer& L, const float* x, const float* gy, float* 
         run(p.kernel_reorder, diff_weights, plain);
         stream().wait();
         const float* g_box = (const float*)plain.get_data_handle();
+        const std::vector<char> used = L.used_taps();
         const long P = L.out_pixels();
         const float* table = L.pad_channel ? padding_table(L) : nullptr;
         double* g = (double*)buffer(MAP, (size_t)L.F * P * sizeof(double));
@@ -371,7 +389,7 @@ static int grad_weights(const Layer& L, const float* x, const float* gy, float* 
             for (long c = 0; c < L.C; ++c)
                 for (int k = 0; k < KK; ++k) {
                     const int a = L.kh - 1 - k / L.kw - L.u0, b = L.kw - 1 - k % L.kw - L.v0;
-                    gw[f * R + c * KK + k] = L.used[k]
+                    gw[f * R + c * KK + k] = used[k]
                         ? g_box[(f * L.C + c) * box + a * L.bw + b] : 0.0f;
                 }
             double* gf = g + f * P;

@@ -27,7 +27,7 @@ PRECISIONS = ("fp32", "bf16")
 
 _int = theano.scalar.Scalar("int32")
 PARAMS = gof.ParamsType(stride=_int, elu_input=_int, pad_channel=_int, bf16=_int,
-                        tap_index=T.TensorType("int32", (False,)))
+                        all_taps=_int, tap_index=T.TensorType("int32", (False,)))
 
 _C_CODE = """
 {
@@ -50,8 +50,9 @@ _C_CODE = """
                 %(zero)s
                 status = 0;
             } else {
-                const iafconv::Layer L(N, C, H, W, F, kh, kw, stride, taps, n_taps,
-                                       %(params)s->elu_input, pad, %(params)s->bf16);
+                const iafconv::Layer L(N, C, H, W, F, kh, kw, stride, %(params)s->all_taps,
+                                       taps, n_taps, %(params)s->elu_input, pad,
+                                       %(params)s->bf16);
                 status = %(call)s;
             }
         }
@@ -102,6 +103,8 @@ class _OnednnConvOp(gof.Op):
                  precision="fp32"):
         if precision not in PRECISIONS:
             raise ValueError(f"precision {precision!r}: one of {', '.join(PRECISIONS)}")
+        if int(stride) < 1:
+            raise ValueError(f"stride {stride}: a positive integer")
         self.stride, self.precision = int(stride), precision
         self.taps = None if taps is None else tuple(sorted(int(t) for t in taps))
         self.elu_input, self.pad_channel = bool(elu_input), bool(pad_channel)
@@ -112,8 +115,8 @@ class _OnednnConvOp(gof.Op):
 
     def get_params(self, node):
         return PARAMS.get_params(stride=self.stride, elu_input=self.elu_input,
-                                 pad_channel=self.pad_channel,
-                                 bf16=self.precision == "bf16",
+                                 pad_channel=self.pad_channel, bf16=self.precision == "bf16",
+                                 all_taps=self.taps is None,
                                  tap_index=np.array(self.taps or (), np.int32))
 
     def make_node(self, *inputs):
@@ -148,8 +151,8 @@ class _OnednnConvOp(gof.Op):
         return ELU_FUNCTIONS + OUTPUT_ARRAY + CPP_FILE.read_text()
 
     def c_headers(self):
-        return ["<oneapi/dnnl/dnnl.hpp>", "<omp.h>", "<algorithm>", "<array>", "<cstdint>",
-                "<cstdlib>", "<map>", "<vector>", "<string.h>"]
+        return ["<oneapi/dnnl/dnnl.hpp>", "<omp.h>", "<algorithm>", "<array>", "<cstdlib>",
+                "<map>", "<vector>", "<string.h>"]
 
     def c_header_dirs(self):
         return [onednn.include_dir()]
@@ -178,9 +181,6 @@ class OnednnConv(_OnednnConvOp):
     checks = [_kernel_fits("b"),
               ("PyArray_DIMS({c})[0] != F", "the bias and the kernel have different filters")]
 
-    def make_node(self, x, w, b):
-        return super().make_node(x, w, b)
-
     def infer_shape(self, node, shapes):
         x, w, _ = shapes
         return [(x[0], w[0], (x[2] - 1) // self.stride + 1, (x[3] - 1) // self.stride + 1)]
@@ -202,9 +202,6 @@ class OnednnConvGradWeights(_OnednnConvOp):
     outputs = ["F, C + pad, kh, kw", "F"]
     checks = [_gradient_fits("b"), _kernel_fits("c")]
 
-    def make_node(self, x, gy, w):
-        return super().make_node(x, gy, w)
-
     def infer_shape(self, node, shapes):
         return [shapes[2], shapes[2][:1]]
 
@@ -219,9 +216,6 @@ class OnednnConvGradInputs(_OnednnConvOp):
              "kh": ("a", 2), "kw": ("a", 3)}
     outputs = ["N, C, H, W"]
     checks = [_gradient_fits("b"), _kernel_fits("a")]
-
-    def make_node(self, w, gy, x):
-        return super().make_node(w, gy, x)
 
     def infer_shape(self, node, shapes):
         return [shapes[2]]

@@ -17,6 +17,11 @@ MODEL_SHORTCUTS = ("px", "pad_x", "shape_x", "n_z", "n_h1", "n_h2", "depths")
 # The settings that define the model, and those that say which data a run used.
 MODEL_KEYS = ("model_type", "n_h", "margs") + MODEL_SHORTCUTS
 DATA_KEYS = ("problem", "n_train", "n_batch", "seed")
+# What a command that inspects a run folder takes from it unless given: the model, its
+# data and the precision its convolutions ran in.
+INSPECTION_KEYS = MODEL_KEYS + DATA_KEYS + ("conv_precision",)
+# Settings added since a run folder may have been made, at the value such a run had.
+ADDED_SETTINGS = {"conv_precision": "fp32"}
 # What a resumed run may change: when to stop, how to treat a NaN, how often to checkpoint.
 MAY_CHANGE = ("n_epochs", "skip_nonfinite", "checkpoint_minutes")
 
@@ -41,7 +46,11 @@ def config_differences(saved, current, keys):
 
 
 def _user_set(sacred_run, exclude=()):
-    return {k for k in sacred_run.config_modifications.modified
+    """The keys a named config changed or the command line set (to any value: sacred counts
+    as modified only a value that differs from the default)."""
+    given = {update.split("=", 1)[0] for update in
+             sacred_run.meta_info.get("options", {}).get("UPDATE") or []}
+    return {k for k in sacred_run.config_modifications.modified | given
             if k.split(".")[0] not in exclude}
 
 
@@ -53,13 +62,14 @@ def command_settings(config, sacred_run, processes, saved_keys=MODEL_KEYS):
     cfg = json.loads(json.dumps(config))
     saved = saved_config(cfg["load_model_path"]) if processes.is_main else None
     if saved is not None:
-        given = {k for k in _user_set(sacred_run) if k.split(".")[0] in MODEL_KEYS}
-        differences = config_differences(saved, cfg, given)
+        saved = {**ADDED_SETTINGS, **saved}
+        given = _user_set(sacred_run)
+        differences = config_differences(saved, cfg, {k for k in given
+                                                      if k.split(".")[0] in MODEL_KEYS})
         if differences:
             raise ConfigError(f"the model options contradict those saved with the run in "
                               f"{cfg['load_model_path']}: {'; '.join(differences)}")
-        modified = sacred_run.config_modifications.modified
-        cfg.update({k: saved[k] for k in saved_keys if k in saved and k not in modified})
+        cfg.update({k: saved[k] for k in saved_keys if k in saved and k not in given})
     return Settings(**processes.broadcast(cfg))
 
 
@@ -101,15 +111,13 @@ def saved_run(folder, cfg, sacred_run, processes):
     the arrays: `restore_training_state` sends them)."""
     arrays, meta = load_checkpoint(folder) if processes.is_main else (None, None)
     meta = processes.broadcast(meta)
-    current = cfg.as_dict()
-    differences = config_differences(meta["config"], current,
+    current, saved = cfg.as_dict(), {**ADDED_SETTINGS, **meta["config"], "resume": folder}
+    differences = config_differences(saved, current,
                                      _user_set(sacred_run, ("resume", "seed") + MAY_CHANGE))
     if differences:
         raise ConfigError(f"the config contradicts the run in {folder}: {'; '.join(differences)}")
-    # Settings the saved run predates (e.g. conv_precision) take their given or default value.
-    saved = {**current, **meta["config"], "resume": folder}
-    modified = sacred_run.config_modifications.modified
-    saved.update({k: current[k] for k in MAY_CHANGE if k in modified})
+    given = _user_set(sacred_run)
+    saved.update({k: current[k] for k in MAY_CHANGE if k in given})
     return Settings(**saved), LoopState(**meta["loop"]), arrays
 
 
