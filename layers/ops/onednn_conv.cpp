@@ -6,13 +6,14 @@
  *                     + border[f, p, q] + b[f],
  * where a is the identity or ELU and, when the kernel has a pad channel (one input channel
  * more than x, its last), border is that channel's convolution with an image that is 1 on the
- * zero padding and 0 inside (docs/model.md §2): a fixed term, computed here from a table.
+ * zero padding and 0 inside (docs/model.md §2): a fixed term, nonzero only near the image's
+ * edge, computed here from a table.
  *
  * oneDNN computes the sum over the image channels: a cross-correlation, so the kernel goes to
  * it flipped, on channels-last (NHWC) images. Each pass has oneDNN's reorders take its inputs
  * from Theano's NCHW (after ELU, when the input has it), rounding them to bf16 in that
- * precision, and its result back to NCHW, then adds the border and bias, or multiplies by
- * ELU's slope, in place. In bf16 oneDNN's inputs (images, kernel, output gradient) are bf16,
+ * precision, and its result back to NCHW (the forward pass's with the bias added), then adds
+ * the border term, or multiplies by ELU's slope, in place. In bf16 oneDNN's inputs (images, kernel, output gradient) are bf16,
  * its products are summed in fp32 and its outputs are fp32. A masked kernel (taps listed)
  * goes to oneDNN cut to the box of its used taps (with the centre), with padding to match:
  * the rows and columns that only hold zeros cost nothing. oneDNN's primitives are made once
@@ -62,14 +63,6 @@ struct Layer {
         return all_taps || std::find(taps, taps + n_taps, k) != taps + n_taps;
     }
 
-    /* used(k) for every tap k. */
-    std::vector<char> used_taps() const
-    {
-        std::vector<char> out(kh * kw);
-        for (int k = 0; k < kh * kw; ++k) out[k] = used(k);
-        return out;
-    }
-
     int pad_top() const { return (kh - 1) / 2 - u0; }
     int pad_left() const { return (kw - 1) / 2 - v0; }
     memory::dims strides() const { return {s, s}; }
@@ -90,6 +83,7 @@ struct Layer {
     {
         return memory::desc({F, C, bh, bw}, t, layout);
     }
+    memory::desc bias() const { return memory::desc({F}, dtype::f32, tag::a); }
 };
 
 /* Whether each of the n taps is a position of a kernel of kk taps. */
@@ -135,12 +129,13 @@ static void run(const dnnl::reorder& r, const memory& from, const memory& to)
     r.execute(stream(), {{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
 }
 
+/* The forward pass, which adds the fp32 bias as it writes its output. */
 static dnnl::convolution_forward::primitive_desc forward_desc(const Layer& L)
 {
     return dnnl::convolution_forward::primitive_desc(
         engine(), dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-        L.images(L.input_type()), L.kernel(L.input_type(), tag::any), L.outputs(dtype::f32),
-        L.strides(), L.padding_before(), L.padding_after());
+        L.images(L.input_type()), L.kernel(L.input_type(), tag::any), L.bias(),
+        L.outputs(dtype::f32), L.strides(), L.padding_before(), L.padding_after());
 }
 
 /* Tells layers/ops/onednn.py which implementation oneDNN chose (never fails a pass). */
@@ -207,8 +202,8 @@ static const Primitive& primitive(const Layer& L, Pass pass)
 
 /* Work areas kept between calls (grown when needed): the images after ELU (NCHW), the images
  * and the outputs as oneDNN takes or gives them (NHWC), the kernel in plain form and in the
- * primitive's, the (F, OH OW) map of the border and bias (or of the summed output gradient,
- * in double) and the padding table. */
+ * primitive's, a map per filter (the border term, or the output gradient summed over the
+ * images, in double) and the padding table. */
 enum { ACTIVATED, IMAGES, OUTPUTS, PLAIN_KERNEL, KERNEL, MAP, TABLE, BUFFERS };
 
 static void* buffer(int which, size_t bytes)
@@ -250,21 +245,30 @@ static memory output_gradient(const Layer& L, const Primitive& p, const float* g
     return out;
 }
 
+/* source[t], for tap t of the box (row-major), is the tap of the kernel (flat i * kw + j) it
+ * holds, flipped, or -1 where the image channels' kernel is zero. */
+static std::vector<int> box_sources(const Layer& L)
+{
+    std::vector<int> source(L.bh * L.bw);
+    for (int a = 0; a < L.bh; ++a)
+        for (int b = 0; b < L.bw; ++b) {
+            const int k = (L.kh - 1 - L.u0 - a) * L.kw + (L.kw - 1 - L.v0 - b);
+            source[a * L.bw + b] = L.used(k) ? k : -1;
+        }
+    return source;
+}
+
 /* The kernel as the primitive takes it: the image channels' part of w (F, C [+ 1], kh, kw),
  * flipped, cut to the box, zero at unused taps, in the primitive's layout. */
 static memory kernel(const Layer& L, const Primitive& p, const float* w)
 {
-    const long R = (long)(L.C + L.pad_channel) * L.kh * L.kw, box = (long)L.bh * L.bw;
-    const std::vector<char> used = L.used_taps();
+    const long KK = L.kh * L.kw, R = (long)(L.C + L.pad_channel) * KK, box = (long)L.bh * L.bw;
+    const std::vector<int> source = box_sources(L);
     float* plain = (float*)buffer(PLAIN_KERNEL, (size_t)L.F * L.C * box * sizeof(float));
     #pragma omp parallel for schedule(static)
     for (long fc = 0; fc < (long)L.F * L.C; ++fc) {
-        const float* src = w + fc / L.C * R + fc % L.C * L.kh * L.kw;
-        for (int a = 0; a < L.bh; ++a)
-            for (int b = 0; b < L.bw; ++b) {
-                const int k = (L.kh - 1 - L.u0 - a) * L.kw + (L.kw - 1 - L.v0 - b);
-                plain[fc * box + a * L.bw + b] = used[k] ? src[k] : 0.0f;
-            }
+        const float* src = w + fc / L.C * R + fc % L.C * KK;
+        for (long t = 0; t < box; ++t) plain[fc * box + t] = source[t] < 0 ? 0.0f : src[source[t]];
     }
     memory in(L.kernel(dtype::f32, tag::oihw), engine(), plain);
     memory out(p.kernel, engine(), buffer(KERNEL, p.kernel.get_size()));
@@ -287,23 +291,31 @@ static const float* padding_table(const Layer& L)
     return table;
 }
 
-/* map (F, OH OW) = b[f] + the pad channel's border term. */
-static const float* border_and_bias(const Layer& L, const float* w, const float* b)
+/* y (N, F, OH, OW) += the pad channel's border term, at the output pixels where some tap
+ * reads the padding (elsewhere it is 0). */
+static void add_border_term(const Layer& L, const float* w, float* y)
 {
     const long P = L.out_pixels(), KK = L.kh * L.kw, R = (long)(L.C + L.pad_channel) * KK;
-    const float* table = L.pad_channel ? padding_table(L) : nullptr;
-    float* map = (float*)buffer(MAP, (size_t)L.F * P * sizeof(float));
+    const float* table = padding_table(L);
+    std::vector<long> pixels;
+    for (long pq = 0; pq < P; ++pq)
+        for (long k = 0; k < KK; ++k)
+            if (table[k * P + pq]) {
+                pixels.push_back(pq);
+                break;
+            }
+    const long B = (long)pixels.size();
+    float* term = (float*)buffer(MAP, (size_t)L.F * B * sizeof(float));
     #pragma omp parallel for schedule(static)
-    for (int f = 0; f < L.F; ++f) {
-        float* out = map + f * P;
-        for (long pq = 0; pq < P; ++pq) out[pq] = 0.0f;
-        for (long k = 0; L.pad_channel && k < KK; ++k) {
-            const float weight = w[f * R + L.C * KK + k];
-            for (long pq = 0; pq < P; ++pq) out[pq] += weight * table[k * P + pq];
+    for (long f = 0; f < L.F; ++f)
+        for (long i = 0; i < B; ++i) {
+            float sum = 0.0f;
+            for (long k = 0; k < KK; ++k) sum += w[f * R + L.C * KK + k] * table[k * P + pixels[i]];
+            term[f * B + i] = sum;
         }
-        for (long pq = 0; pq < P; ++pq) out[pq] += b[f];
-    }
-    return map;
+    #pragma omp parallel for schedule(static)
+    for (long nf = 0; nf < (long)L.N * L.F; ++nf)
+        for (long i = 0; i < B; ++i) y[nf * P + pixels[i]] += term[nf % L.F * B + i];
 }
 
 /* Runs body, turning oneDNN's and allocation errors into a Python error: 0 or -1. */
@@ -330,14 +342,11 @@ static int forward(const Layer& L, const float* x, const float* w, const float* 
         const memory dst(L.outputs(dtype::f32), engine(),
                          buffer(OUTPUTS, L.outputs(dtype::f32).get_size()));
         p.conv.execute(stream(), {{DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, weights},
+                                  {DNNL_ARG_BIAS, memory(L.bias(), engine(), (void*)b)},
                                   {DNNL_ARG_DST, dst}});
         run(p.result_out, dst, memory(L.outputs(dtype::f32, tag::nchw), engine(), y));
         stream().wait();
-        const long P = L.out_pixels();
-        const float* add = border_and_bias(L, w, b);
-        #pragma omp parallel for schedule(static)
-        for (long nf = 0; nf < (long)L.N * L.F; ++nf)
-            for (long pq = 0; pq < P; ++pq) y[nf * P + pq] += add[nf % L.F * P + pq];
+        if (L.pad_channel) add_border_term(L, w, y);
     });
 }
 
@@ -380,18 +389,19 @@ static int grad_weights(const Layer& L, const float* x, const float* gy, float* 
         run(p.kernel_reorder, diff_weights, plain);
         stream().wait();
         const float* g_box = (const float*)plain.get_data_handle();
-        const std::vector<char> used = L.used_taps();
+        const std::vector<int> source = box_sources(L);
         const long P = L.out_pixels();
         const float* table = L.pad_channel ? padding_table(L) : nullptr;
         double* g = (double*)buffer(MAP, (size_t)L.F * P * sizeof(double));
         #pragma omp parallel for schedule(static)
         for (long f = 0; f < L.F; ++f) {
-            for (long c = 0; c < L.C; ++c)
-                for (int k = 0; k < KK; ++k) {
-                    const int a = L.kh - 1 - k / L.kw - L.u0, b = L.kw - 1 - k % L.kw - L.v0;
-                    gw[f * R + c * KK + k] = used[k]
-                        ? g_box[(f * L.C + c) * box + a * L.bw + b] : 0.0f;
-                }
+            for (long c = 0; c < L.C; ++c) {  /* zero at unused taps, the box's elsewhere */
+                float* out = gw + f * R + c * KK;
+                const float* in = g_box + (f * L.C + c) * box;
+                for (long k = 0; k < KK; ++k) out[k] = 0.0f;
+                for (long t = 0; t < box; ++t)
+                    if (source[t] >= 0) out[source[t]] = in[t];
+            }
             double* gf = g + f * P;
             double bias = 0.0;
             for (long pq = 0; pq < P; ++pq) gf[pq] = 0.0;
