@@ -3,7 +3,8 @@ the convolutions in fp32 and in bf16.
 
     python benchmarks/run.py                      # both configs, both precisions: writes
                                                   # benchmarks/results.{md,json}
-    python benchmarks/run.py readme_example --steps 10 --precision bf16
+    python benchmarks/run.py readme_example --steps 10 --precision bf16   # replaces
+                                                  # that row of benchmarks/results.*
 
 For each config and precision, fresh processes build the model and time it, all with one
 new Theano compile directory: the first finds it empty (cold compile: C code and graphs), the second
@@ -307,9 +308,20 @@ def main():
             print(table([row]), flush=True)
     out = ROOT / "benchmarks"
     suffix = f"_{args.threads}threads" if args.threads else ""
+    rows = merged_rows(out / f"results{suffix}.json", rows)
     (out / f"results{suffix}.json").write_text(json.dumps(rows, indent=1) + "\n")
     (out / f"results{suffix}.md").write_text(table(rows))
     print(table(rows))
+
+
+def merged_rows(path, rows):
+    """The rows saved in ``path`` with those of the same config, batch and precision
+    replaced by ``rows`` (each row holds the peaks measured with it), in a fixed order."""
+    key = lambda row: (row["config"], row["n_batch"], row["precision"])  # noqa: E731
+    saved = json.loads(path.read_text()) if path.exists() else []
+    rows = {key(row): row for row in saved + rows}.values()
+    return sorted(rows, key=lambda row: (row["config"] != "readme_example", row["config"],
+                                         row["n_batch"], row["precision"] != "fp32"))
 
 
 if __name__ == "__main__":
