@@ -28,7 +28,7 @@ from models.config import ConfigError, default_options, option_names
 from models.noise import permutation
 from models.run import inspection
 from models.run.checkpoint import CheckpointError
-from models.run.folder import open_folder
+from models.run.folder import FolderInUse, open_folder
 from models.run.report import Progress, ReportError, report, stop_on_signals
 from models.run.resume import (INSPECTION_KEYS, LoopState, Settings, command_settings,
                                restore_training_state, save_run, saved_run)
@@ -97,7 +97,7 @@ def user_errors():
     try:
         yield
     except (DataError, ConfigError, WeightsError, CheckpointError, ParallelError, ReportError,
-            OSError) as err:  # OSError: a folder that cannot be written, a full disk
+            FolderInUse, OSError) as err:  # OSError: a folder that cannot be written, a full disk
         raise Error(str(err)) from None
 
 

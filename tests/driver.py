@@ -5,6 +5,8 @@ watch a run from inside or provoke a fault in it:
 
 ``rank`` in a patch is the process's MPI rank.
 """
+import errno
+import fcntl
 import json
 import os
 import sys
@@ -78,8 +80,15 @@ def poison_gradient(step):
         Trainer.gradient = poisoned
 
 
+def no_locks(_):
+    """A filesystem without working locks: every lock fails as on such a mount."""
+    def flock(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+    fcntl.flock = flock
+
+
 PATCHES = {f.__name__: f for f in (record_epochs, record_checkpoints, drift_at_update,
-                                   poison_gradient)}
+                                   poison_gradient, no_locks)}
 
 if __name__ == "__main__":
     name, _, value = sys.argv[1].partition("=")

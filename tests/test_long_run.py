@@ -23,7 +23,7 @@ SOAK = ["problem=toy", "n_train=32", "n_batch=2", "n_h=8", "n_z=4", "depths=[1,1
 # Every file a run folder holds, but the sample grids (two per report, as the original).
 RUN_FILES = {"command.sh", "config.json", "log.txt", "results.txt", "learning_curve.png",
              "weights.ndict.tar.gz", "weights_best.ndict.tar.gz", "checkpoint.npz",
-             "checkpoint.prev.npz"}
+             "checkpoint.prev.npz", "writer.lock"}
 
 
 def train_command(args, patch=None):

@@ -93,6 +93,7 @@ def test_sigint_then_sigkill_then_resume_matches_an_uninterrupted_run(precision,
                                      after_steps=9)
     assert code == -signal.SIGKILL
     load_checkpoint(folder)  # the newest (or the previous) checkpoint is intact
+    assert "pid" in (folder / "writer.lock").read_text()  # held by the killed run: now free
     proc = run([f"resume={folder}"], tmp_path)
     assert "Resuming" in proc.stdout
     assert_same_run(folder, reference)

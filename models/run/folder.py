@@ -1,15 +1,24 @@
-"""A run's folder: ``$ML_LOG_PATH/<time>/`` (as the original) or ``./runs/<time>/``, with
-``log.txt`` (all console output), ``command.sh`` and ``config.json``; rank 0 alone writes."""
+"""A run's folder: ``$ML_LOG_PATH/<time>-<pid>/`` (as the original, which named it by the
+time alone) or ``./runs/<time>-<pid>/``, with ``log.txt`` (all console output), ``command.sh``
+and ``config.json``; one process writes it (rank 0 under MPI), holding ``writer.lock``."""
 import contextlib
+import fcntl
 import json
 import os
 import shlex
+import socket
 import sys
 import time
 
 from layers.runtime.files import atomic_write
 
 CONFIG = "config.json"  # the run's settings, which commands that inspect the run read
+LOCK = "writer.lock"  # locked by the process that writes the run; names it
+_held_locks = []  # this process's lock files, open (and so locked) until it ends
+
+
+class FolderInUse(Exception):
+    """Another process is writing the run folder."""
 
 
 class Tee:
@@ -49,11 +58,38 @@ def new_folder():
     return path
 
 
+def hold(folder):
+    """Make this process the one writer of ``folder`` until it ends: an advisory lock on
+    ``folder/writer.lock``, which the operating system releases when the process ends in any
+    way (kill -9 too), so a stale lock never needs removing by hand. If another process
+    holds it, raise `FolderInUse`; on a filesystem without working locks, say so and go on."""
+    fd = os.open(os.path.join(folder, LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors="replace").strip() or "pid unknown"
+        os.close(fd)
+        raise FolderInUse(f"the run folder {folder} is being written by another process "
+                          f"({holder}): let that one finish, or stop it (Ctrl-C or kill: it "
+                          f"saves a checkpoint) and then resume; to train besides it, start "
+                          f"a new run") from None
+    except OSError as err:  # ENOLCK, EOPNOTSUPP, ENOSYS: locks not supported there
+        os.close(fd)
+        print(f"warning: {folder} cannot be locked ({err.strerror}), so nothing stops a "
+              f"second process from writing into this run: start each run only once")
+        return
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+    _held_locks.append(fd)
+
+
 def open_folder(config, folder=None):
-    """Log to ``folder/log.txt`` from now on; without a ``folder`` (a new run), make one and
-    write the command and ``config`` (a dict) into it. Returns the folder."""
+    """Hold ``folder`` (see `hold`) and log to ``folder/log.txt`` from now on; without a
+    ``folder`` (a new run), make one and write the command and ``config`` (a dict) into it.
+    Returns the folder."""
     new = folder is None
     folder = folder or new_folder()
+    hold(folder)
     sys.stdout = Tee(sys.stdout, os.path.join(folder, "log.txt"))
     if new:
         with open(os.path.join(folder, "command.sh"), "w") as f:
