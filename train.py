@@ -30,9 +30,10 @@ from models.run import inspection
 from models.run.checkpoint import CheckpointError
 from models.run.folder import FolderInUse, open_folder
 from models.run.report import Progress, ReportError, report, stop_on_signals
-from models.run.resume import (INSPECTION_KEYS, LoopState, Settings, command_settings,
-                               restore_training_state, save_run, saved_run)
-from models.run.start import build_trainer, get_data, initialise
+from models.run.resume import LoopState, restore_training_state, save_run, saved_run
+from models.run.settings import INSPECTION_KEYS, Settings, command_settings
+from models.run.step import NonFiniteStep, TrainingStep
+from models.run.start import build_model, build_trainer, get_data, initialise
 from models.run.processes import ParallelError, Processes
 from models.run.weights import WeightsError
 from models.trainer import check_conv_precision
@@ -166,35 +167,33 @@ def new_or_resumed_folder(cfg):
 def training_loop(cfg, folder, state, trainer, train_x, test_x, sacred_run, stop):
     """Epochs until ``n_epochs`` (or forever), or until a signal (``stop.signal``)."""
     last_checkpoint, first_step = time.time(), state.steps + 1
+    train_step = TrainingStep(trainer, processes, cfg.skip_nonfinite)
     while cfg.n_epochs <= 0 or state.epoch < cfg.n_epochs:
         order = permutation(cfg.seed, state.epoch, len(train_x))
         progress, epoch_start = Progress(len(order)), time.time()
         while state.images_done < len(order):
-            # This step's global minibatch, and this process's share of it.
+            # This step's global minibatch, this process's share of it, and the step with
+            # this process's requests to stop or to checkpoint.
             start = state.images_done
             positions = np.arange(start, min(start + cfg.n_batch * processes.size, len(order)))
             mine = processes.share(positions)
-            # The gradient of the share, summed over the processes with their requests to
-            # stop or checkpoint, then the same update on every process.
-            vector = trainer.gradient(train_x[order[mine]],
-                                      trainer.noise("train", state.epoch, mine))[1] \
-                if len(mine) else trainer.zero_gradient()  # a last minibatch too small
-            vector["stop"] = stop.signal is not None
-            vector["checkpoint"] = processes.is_main and \
-                time.time() - last_checkpoint > 60 * cfg.checkpoint_minutes
-            processes.sum_(vector.array)
-            if trainer.apply_gradient(vector):
-                state.cost_sum += float(vector["cost"])
-            elif cfg.skip_nonfinite:
-                state.skipped += 1
-                print(f"warning: skipped a non-finite step at epoch {state.epoch}, image "
-                      f"{state.images_done} ({state.skipped} so far)")
-            else:
+            x, eps = train_x[order[mine]], trainer.noise("train", state.epoch, mine)
+            checkpoint_due = time.time() - last_checkpoint > 60 * cfg.checkpoint_minutes
+            try:
+                step = train_step(x, eps, stop=stop.signal is not None,
+                                  checkpoint=processes.is_main and checkpoint_due)
+            except NonFiniteStep:
                 save_run(folder, cfg, state, trainer, processes)
                 raise Error(f"non-finite cost or gradient at epoch {state.epoch}, image "
                             f"{state.images_done}; the update was not applied and the last "
                             f"good state is in {folder} (skip_nonfinite=True skips such "
-                            f"steps instead)")
+                            f"steps instead)") from None
+            if step.applied:
+                state.cost_sum += step.cost
+            else:
+                state.skipped += 1
+                print(f"warning: skipped a non-finite step at epoch {state.epoch}, image "
+                      f"{state.images_done} ({state.skipped} so far)")
             # Counters, the progress line and the running cost's metric.
             state.images_done, state.steps = int(positions[-1]) + 1, state.steps + 1
             if state.steps == first_step:  # the convolutions ran: say on what
@@ -205,13 +204,13 @@ def training_loop(cfg, folder, state, trainer, train_x, test_x, sacred_run, stop
                     RUNNING_COST_LOGS_PER_EPOCH * start // len(order):
                 sacred_run.log_scalar("train.running_cost", running, state.steps)
             # Stop, or checkpoint, if any process asked.
-            if vector["stop"]:
+            if step.stop:
                 save_run(folder, cfg, state, trainer, processes)
                 print(f"Stopped by {stop.signal or 'a signal to another rank'} at epoch "
                       f"{state.epoch}, image {state.images_done}; checkpoint saved. Resume "
                       f"with:\n  python train.py with resume={folder}")
                 return
-            if vector["checkpoint"]:
+            if step.checkpoint:
                 save_run(folder, cfg, state, trainer, processes)
                 last_checkpoint = time.time()
         # The epoch's end: its training cost, a report, and a checkpoint.
@@ -285,10 +284,10 @@ def reconstruct(_config, _run):
 def print_params(_config):
     """Every parameter as ``name shape``, then the total count; compiles nothing."""
     with user_errors():
-        model = build_trainer(Settings(**_config)).params
-    for name, shape in sorted(model.shapes.items()):
-        print(name, shape)
-    print(f"total {model.size}")
+        initial = build_model(Settings(**_config), draw_weights=False).initial
+    for name, value in sorted(initial.items()):
+        print(name, value.shape)
+    print(f"total {sum(value.size for value in initial.values())}")
 
 
 def main(argv):

@@ -146,18 +146,20 @@ def measure(name, precision, n_steps, n_batch, started, weights_path=None):
     from layers.ops import onednn
     from models.config import ModelConfig
     from models.resnet_vae import ResNetVAE
+    from models.run.step import TrainingStep
     from models.run.weights import save_ndict
     from models.trainer import Trainer
-    from train import resolved_config
+    from train import processes, resolved_config
 
     model = Trainer(ResNetVAE(ModelConfig(**resolved_config(name)["margs"])), precision)
+    train_step = TrainingStep(model, processes)  # the training loop's step, as it runs it
     x = np.random.RandomState(0).randint(0, 256, (n_batch, 3, 32, 32)).astype(np.uint8)
     images = range(n_batch)
     t0 = time.time()
     model.data_init(x, model.noise("init", 0, images))
     init_s = time.time() - t0
     t0 = time.time()
-    model.train_step(x, model.noise("train", 0, images))
+    train_step(x, model.noise("train", 0, images))
     first_step_s = time.time() - t0  # compile + one step
     start_to_first_step_s = time.time() - started
     gemm_rate, fma_rate = gemm_speed_meter(), fma_speed_meter()
@@ -165,7 +167,7 @@ def measure(name, precision, n_steps, n_batch, started, weights_path=None):
     times, peaks, fma_peaks, bf16_peaks = [], [], [], []
     for step in range(n_steps):  # as the training loop: the step's noise, then the step
         t0 = time.time()
-        model.train_step(x, model.noise("train", step, images))
+        train_step(x, model.noise("train", step, images))
         times.append(time.time() - t0)
         peaks.append(gemm_rate())  # the machine's peaks right after this step
         fma_peaks.append(fma_rate())

@@ -34,8 +34,9 @@ def measure(name, precision, n_steps, n_batch):
     import numpy as np
 
     import train
-    from models.run.resume import Settings
+    from models.run.settings import Settings
     from models.run.start import build_trainer, get_data, initialise
+    from models.run.step import TrainingStep
 
     # One seed: the same data on every rank.
     cfg = Settings(**train.resolved_config(name, problem="toy", n_batch=n_batch, seed=0,
@@ -46,18 +47,18 @@ def measure(name, precision, n_steps, n_batch):
     initialise(trainer, cfg, processes, train_x[:n_batch])
     global_batch = n_batch * processes.size
 
+    train_step = TrainingStep(trainer, processes)
+
     def step(k):
-        """The training loop's step: this rank's share, the all-reduce, the update."""
+        """The training loop's step on the k-th global minibatch."""
         mine = processes.share(np.arange(k * global_batch, (k + 1) * global_batch) % len(train_x))
-        vector = trainer.gradient(train_x[mine], trainer.noise("train", 0, mine))[1]
-        processes.sum_(vector.array)
-        trainer.apply_gradient(vector)
+        train_step(train_x[mine], trainer.noise("train", 0, mine))
     step(0)  # compiles, or loads the cached functions
     t0 = time.time()
     for k in range(1, n_steps + 1):
         step(k)
     step_s = (time.time() - t0) / n_steps
-    flat = trainer.zero_gradient().array
+    flat = train_step.vector.array
     t0 = time.time()
     for _ in range(n_steps):
         processes.sum_(flat)

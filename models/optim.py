@@ -7,27 +7,24 @@ from layers.runtime.backend import T, floatX, theano
 # The floor of AdaMax's max-norm u: its initial value, and what |g| is raised by.
 U_FLOOR = 1e-8
 
-# The named slots that follow the gradient in a step's flat vector, which processes add up
-# in one all-reduce (docs/model.md §10, §11): the minibatch's summed cost, and how many
-# processes ask the run to stop and to checkpoint after this step.
-SLOTS = ("cost", "stop", "checkpoint")
-
-
 class GradientVector:
     """A flat float32 vector: every parameter's gradient in the buffer's order
-    (``gradient``, and ``parts``: one view per parameter), then the `SLOTS`, read and
-    written by name (``vector["cost"]``)."""
+    (``gradient``, and ``parts``: one view per parameter), then named numbers that travel
+    with it when processes add their vectors up (docs/model.md §11): the minibatch's
+    summed ``cost`` and the caller's own ``slots``, read and written by name
+    (``vector["cost"]``)."""
 
-    def __init__(self, params):
-        self.array = np.zeros(params.size + len(SLOTS), floatX)
+    def __init__(self, params, slots=()):
+        self.slots = ("cost",) + tuple(slots)
+        self.array = np.zeros(params.size + len(self.slots), floatX)
         self.gradient = self.array[:params.size]
         self.parts = list(params.split(self.gradient).values())
 
     def __getitem__(self, slot):
-        return self.array[len(self.gradient) + SLOTS.index(slot)]
+        return self.array[len(self.gradient) + self.slots.index(slot)]
 
     def __setitem__(self, slot, value):
-        self.array[len(self.gradient) + SLOTS.index(slot)] = value
+        self.array[len(self.gradient) + self.slots.index(slot)] = value
 
     def clear_slots(self):
         self.array[len(self.gradient):] = 0

@@ -17,8 +17,9 @@ from .names import check_weights_fit
 from .noise import image_noise
 from .optim import AdaMaxPolyak, GradientVector
 
-# The source whose graphs the function cache keeps: this folder and the building blocks.
-SOURCE_FOLDERS = [Path(__file__).parent, Path(ops.__file__).parents[1]]
+# The source that builds the graphs the function cache keeps: the model's modules (not the
+# run's, in models/run) and the building blocks.
+GRAPH_SOURCES = sorted(Path(__file__).parent.glob("*.py")) + [Path(ops.__file__).parents[1]]
 
 
 def check_conv_precision(precision):
@@ -46,10 +47,9 @@ class Trainer:
         shared = dict(self.optimiser.state, adamax_keep=self.optimiser.keep)
         key = {"config": cfg.as_dict(), "custom_ops": ops.CUSTOM_OPS,
                "conv_precision": conv_precision}
-        self._cache = FunctionCache(key, SOURCE_FOLDERS,
+        self._cache = FunctionCache(key, GRAPH_SOURCES,
                                     {var.name: var for var in shared.values()})
         self._compiled = {}
-        self._vector = None  # the reused GradientVector of `gradient`
 
     def noise(self, purpose, step, positions):
         """Standard-normal noise, one array per layer, for the images at ``positions`` at
@@ -94,10 +94,10 @@ class Trainer:
         self.avg_params.set_buffer(self.params.buffer)
         return skipped
 
-    def gradient(self, x, eps):
+    def gradient(self, x, eps, into=None):
         """Per-image cost of minibatch ``x`` with posterior noise ``eps``, and the
-        `GradientVector` of the summed cost (with it in its ``cost`` slot, the other slots
-        0): one vector, reused, so valid until the next call."""
+        `GradientVector` ``into`` (by default a new one) holding the gradient of the summed
+        cost, with that cost in its ``cost`` slot and its other slots 0."""
         def build():
             xs, es = self._inputs()
             cost = self.model.costs(xs, es, self.params)["cost"]
@@ -106,7 +106,7 @@ class Trainer:
             outputs = [cost, total] + [theano.Out(g, borrow=True) for g in grads]
             return theano.function([xs] + es, outputs), None
         f = self._function("gradient", build)[0]
-        vector = self._reused_vector()
+        vector = GradientVector(self.params) if into is None else into
         # The function's ops write the gradients straight into the vector's parts when
         # their output storage holds them (c_support's iaf_output): no copy, no memory.
         for container, part in zip(f.output_storage[2:], vector.parts):
@@ -119,17 +119,6 @@ class Trainer:
         vector["cost"] = total
         return cost, vector
 
-    def zero_gradient(self):
-        """The reused `GradientVector`, all zeros (a process with no images in a step)."""
-        vector = self._reused_vector()
-        vector.array[:] = 0
-        return vector
-
-    def _reused_vector(self):
-        if self._vector is None:
-            self._vector = GradientVector(self.params)
-        return self._vector
-
     def apply_gradient(self, vector):
         """One AdaMax step with a `GradientVector` from `gradient` (or a sum of them);
         False if anything in it is not finite, in which case nothing changed."""
@@ -139,13 +128,6 @@ class Trainer:
             # The op updates the buffers in place.
             return theano.function([g], applied, updates=updates, accept_inplace=True), None
         return bool(self._function("update", build)[0](vector.array))
-
-    def train_step(self, x, eps):
-        """One AdaMax step on minibatch ``x`` with posterior noise ``eps``; returns the
-        per-image cost (before the step) and whether the step was applied: if the cost or
-        a gradient is not finite, nothing is updated and the caller decides what to do."""
-        cost, vector = self.gradient(x, eps)
-        return cost, self.apply_gradient(vector)
 
     def convolutions(self):
         """One line: what the convolutions run on, in which precision (after a first call,

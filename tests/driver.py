@@ -70,8 +70,8 @@ def poison_gradient(step):
     """Rank 1 alone gets a NaN in its ``step``-th gradient."""
     gradient, calls = Trainer.gradient, []
 
-    def poisoned(self, x, eps):
-        cost, vector = gradient(self, x, eps)
+    def poisoned(self, x, eps, into=None):
+        cost, vector = gradient(self, x, eps, into)
         calls.append(1)
         if len(calls) == int(step):
             vector.gradient[0] = float("nan")

@@ -3,6 +3,7 @@ with the loading model's own parameters; entries that may be foreign or damaged 
 compiled afresh with one line saying why; IAF_FUNCTION_CACHE=0 writes nothing."""
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from layers.runtime import function_cache
 from models import trainer as trainer_module
 from models.config import ModelConfig
 from models.resnet_vae import ResNetVAE
-from models.trainer import Trainer
+from models.trainer import GRAPH_SOURCES, Trainer
 
 TINY = ModelConfig(shape_x=(3, 8, 8), depths=[1, 1], n_h1=8, n_h2=8, n_z=4,
                    posterior="down_iaf2_nl")
@@ -119,10 +120,22 @@ def test_the_cache_can_be_turned_off(tmp_path, monkeypatch):
 
 
 def test_the_key_covers_the_source_and_the_model(tmp_path):
-    (tmp_path / "a.py").write_text("x = 1\n")
-    before = function_cache._source_digest([tmp_path])
-    (tmp_path / "a.py").write_text("x = 2\n")
-    assert function_cache._source_digest([tmp_path]) != before
+    (tmp_path / "ops").mkdir()
+    for path in (tmp_path / "a.py", tmp_path / "ops" / "b.cpp", tmp_path / "run.py"):
+        path.write_text("x = 1\n")
+    sources = [tmp_path / "a.py", tmp_path / "ops"]
+    before = function_cache._source_digest(sources)
+    (tmp_path / "run.py").write_text("x = 2\n")  # not a source
+    assert function_cache._source_digest(sources) == before
+    for path in sources[0], tmp_path / "ops" / "b.cpp":
+        path.write_text(path.read_text() + "x = 2\n")
+        assert function_cache._source_digest(sources) != before
+        before = function_cache._source_digest(sources)
+    models = Path(trainer_module.__file__).parent
+    graph_files = {path for _, path in function_cache._source_files(GRAPH_SOURCES)}
+    assert {models / "resnet_vae.py", models.parent / "layers" / "ops" / "onednn_conv.cpp"} \
+        < graph_files
+    assert not any(models / "run" in path.parents for path in graph_files)
     paths = {Trainer(ResNetVAE(ModelConfig(**{**TINY.as_dict(), **change})))._cache._path("eval")
              for change in ({}, {"n_z": 8}, {"kl_min": 0.5})}
     assert len(paths) == 3

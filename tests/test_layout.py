@@ -40,7 +40,7 @@ RULES = {
                "layers.nonlinearities", "layers.parameters", "layers.ops",
                "layers.runtime.backend", "layers.runtime.function_cache"),
     "models/run": ("models", "models.config", "models.names", "models.resnet_vae",
-                   "models.trainer", "data", "layers.runtime.files"),
+                   "models.optim", "models.trainer", "data", "layers.runtime.files"),
     "data": (),
 }
 

@@ -16,6 +16,8 @@ from layers.runtime.backend import T, floatX, theano
 from models.config import POSTERIORS, ConfigError, ModelConfig
 from models.optim import GradientVector
 from models.resnet_vae import ResNetVAE
+from models.run.processes import Processes
+from models.run.step import NonFiniteStep, TrainingStep
 from models.run.weights import WeightsError, load_ndict, save_ndict
 from models.trainer import Trainer
 
@@ -27,6 +29,12 @@ TINY = dict(shape_x=(3, 8, 8), depths=[1, 1], n_h1=8, n_h2=8, n_z=4, depth_ar=1,
 
 def tiny_model(**changes):
     return Trainer(ResNetVAE(ModelConfig(**{**TINY, **changes}), seed=3))
+
+
+def train_step(trainer, x):
+    """The training loop's step, in this one process, at zero noise, skipping (not
+    refusing) a step that is not finite."""
+    return TrainingStep(trainer, Processes(), skip_nonfinite=True)(x, zero_noise(trainer, len(x)))
 
 
 def batch(n=8):
@@ -185,7 +193,6 @@ def test_the_gradient_function_writes_the_weights_gradients_into_the_flat_vector
                 for name, gradient, part in zip(fresh.params, returned[2:], vector.parts)}
     assert all(in_place[name] for name in in_place if name.endswith(("_w", "_s"))), in_place
     assert vector["cost"] == pytest.approx(cost.sum(), rel=1e-6)
-    assert vector["stop"] == vector["checkpoint"] == 0
     _, want = grad_fn(batch())  # the same gradients, returned as arrays of their own
     for name in fresh.params:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
@@ -234,7 +241,7 @@ def test_adamax_step_polyak_average_and_remasking(fresh, grad_fn):
     x = batch()
     w0 = fresh.weights(False)
     _, grads = grad_fn(x)
-    assert fresh.train_step(x, zero_noise(fresh))[1]
+    assert train_step(fresh, x).applied
     w1, avg1 = fresh.weights(False), fresh.weights(True)
     masks = {c.w_name: c.mask for c in fresh.model.masked_convs}
     for n, g in grads.items():
@@ -243,7 +250,7 @@ def test_adamax_step_polyak_average_and_remasking(fresh, grad_fn):
         expected = expected * masks.get(n, 1)
         np.testing.assert_allclose(w1[n], expected, rtol=1e-4, atol=1e-7, err_msg=n)
         np.testing.assert_allclose(avg1[n], w0[n], rtol=1e-6, atol=1e-8, err_msg=n)
-    fresh.train_step(x, zero_noise(fresh))
+    train_step(fresh, x)
     avg2, w2 = fresh.weights(True), fresh.weights(False)
     for n in grads:
         np.testing.assert_allclose(avg2[n], 0.001 * w1[n] + 0.999 * avg1[n], rtol=1e-5,
@@ -252,11 +259,21 @@ def test_adamax_step_polyak_average_and_remasking(fresh, grad_fn):
         assert np.all(w2[n][mask == 0] == 0), n
 
 
+def test_a_step_sums_the_cost_and_carries_the_votes(fresh):
+    x = batch()
+    cost, _ = fresh.gradient(x, zero_noise(fresh))
+    step = TrainingStep(fresh, Processes())(x, zero_noise(fresh), stop=True)
+    assert step.applied and step.stop and not step.checkpoint
+    assert step.cost == pytest.approx(cost.sum(), rel=1e-6)
+
+
 def test_non_finite_cost_leaves_every_variable_unchanged(fresh):
     fresh.params.set_values({"logsd_x": np.nan})
     before = fresh.training_state()
-    cost, applied = fresh.train_step(batch(), zero_noise(fresh))
-    assert np.isnan(cost).all() and not applied
+    with pytest.raises(NonFiniteStep):
+        TrainingStep(fresh, Processes())(batch(), zero_noise(fresh))
+    step = train_step(fresh, batch())  # with skip_nonfinite
+    assert np.isnan(step.cost) and not step.applied
     assert np.isnan(fresh.weights(False)["logsd_x"])
     for name, value in fresh.training_state().items():
         np.testing.assert_array_equal(value, before[name], err_msg=name)
@@ -264,7 +281,7 @@ def test_non_finite_cost_leaves_every_variable_unchanged(fresh):
 
 def test_training_cost_falls_on_a_fixed_batch(fresh):
     x = batch()
-    costs = [fresh.train_step(x, zero_noise(fresh))[0].mean() for _ in range(40)]
+    costs = [train_step(fresh, x).cost / len(x) for _ in range(40)]
     assert np.all(np.isfinite(costs))
     # The learning rate is small (0.002) and logsd_x starts at 0: a slow, steady fall.
     assert np.mean(costs[-5:]) < costs[0] - 0.05, costs
@@ -283,7 +300,7 @@ def test_evaluation_outputs_are_consistent(fresh):
 
 def test_save_load_round_trip_reproduces_evaluation(fresh, tmp_path):
     x = batch()
-    fresh.train_step(x, zero_noise(fresh))
+    train_step(fresh, x)
     before = fresh.evaluate(x, zero_noise(fresh))
     path = tmp_path / "weights.ndict.tar.gz"
     save_ndict(fresh.weights(), path)

@@ -215,7 +215,7 @@ def test_bad_input_exits_nonzero_with_one_sentence(case, args, prepare, expected
 def test_top_level_model_keys_set_the_options_and_default_to_the_models():
     import train
     from models.config import ModelConfig
-    from models.run.resume import MODEL_SHORTCUTS
+    from models.run.settings import MODEL_SHORTCUTS
     margs = train.resolved_config()["margs"]
     assert ModelConfig(**margs) == ModelConfig()
     # The original's defaults, as the README's options table states them.

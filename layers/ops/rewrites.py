@@ -6,9 +6,7 @@ convolution op, Theano's optimiser (with these rewrites registered) gives the co
 ``ELUGrad`` would multiply the convolution's input gradient by ELU's slope, lets the
 input-gradient pass do that multiplication: one pass over memory less each time.
 """
-from theano.compile import optdb
-from theano.gof.opt import LocalOptGroup, TopoOptimizer, local_optimizer
-
+from ..runtime.backend import gof, theano
 from .elementwise import ELU, ELUGrad
 from .onednn_conv import OnednnConv, OnednnConvGradInputs, OnednnConvGradWeights
 
@@ -23,7 +21,7 @@ def _with_elu_input(op):
     return type(op)(**op.options(elu_input=True))
 
 
-@local_optimizer([OnednnConv, OnednnConvGradWeights])
+@gof.opt.local_optimizer([OnednnConv, OnednnConvGradWeights])
 def fold_elu_into_convolution(node):
     """``conv(ELU(x), ...)`` -> ``conv_with_elu_input(x, ...)``, for the forward pass and
     the weights' gradient (both read the convolution's input)."""
@@ -33,7 +31,7 @@ def fold_elu_into_convolution(node):
     return _with_elu_input(node.op)(x, *node.inputs[1:], return_list=True)
 
 
-@local_optimizer([ELUGrad])
+@gof.opt.local_optimizer([ELUGrad])
 def fold_elu_slope_into_input_gradient(node):
     """``ELUGrad(x, grad_inputs(w, gy, ELU(x)))`` -> ``grad_inputs_with_elu_input(w, gy, x)``
     when that input gradient is used nowhere else."""
@@ -51,6 +49,8 @@ def fold_elu_slope_into_input_gradient(node):
 def register():
     """Add the rewrites to Theano's optimiser (for every mode that runs 'fast_run'),
     after the graph's duplicate nodes are merged and before elementwise fusion."""
+    optdb = theano.compile.optdb
     if "iaf_fold_elu" not in optdb.__db__:
-        optdb.register("iaf_fold_elu", TopoOptimizer(LocalOptGroup(
-            fold_elu_into_convolution, fold_elu_slope_into_input_gradient)), 2.5, "fast_run")
+        rewrites = gof.opt.LocalOptGroup(fold_elu_into_convolution,
+                                         fold_elu_slope_into_input_gradient)
+        optdb.register("iaf_fold_elu", gof.opt.TopoOptimizer(rewrites), 2.5, "fast_run")

@@ -2,10 +2,11 @@
 
 Theano caches the C code it compiles, but re-optimises every graph in every process, which
 for the Table 3 training step takes far longer than loading it: at each run, resume,
-``evaluate`` and MPI rank. A compiled function pickles. This module stores it under a key covering everything that
-could change it (this project's source, Theano's version and configuration, numpy and
-Python, the model's options and which function it is) in the user's own cache folder,
-next to Theano's compiled C code, and loads it instead of compiling.
+``evaluate`` and MPI rank. A compiled function pickles. This module stores it under a
+key covering everything that could change it (the source that builds its graph, Theano's
+version and configuration, numpy and Python, the model's options and which function it
+is) in the user's own cache folder, next to Theano's compiled C code, and loads it
+instead of compiling.
 
 Unpickling runs code named in the file, so an entry is loaded only if nobody but this user
 can have written it: its folder and the file must belong to the user and be writable by
@@ -34,14 +35,22 @@ ENABLED = os.environ.get("IAF_FUNCTION_CACHE", "1") != "0"
 MAX_BYTES = 4 * 2**30  # beyond this, the least recently used entries are removed
 
 
-def _source_digest(folders):
-    """A digest of the Python, C and C++ source in ``folders`` and their subfolders."""
+def _source_files(sources):
+    """The files among ``sources``, and the Python, C and C++ files in the folders among
+    them (subfolders too), each with the name it is known by: relative to its source's
+    parent folder."""
+    for source in map(Path, sources):
+        paths = sorted(p for p in source.rglob("*") if p.suffix in (".py", ".c", ".cpp")) \
+            if source.is_dir() else [source]
+        for path in paths:
+            yield path.relative_to(source.parent).as_posix(), path
+
+
+def _source_digest(sources):
+    """A digest of the source files `_source_files` finds in ``sources``."""
     digest = hashlib.sha256()
-    for folder in folders:
-        for path in sorted(p for suffix in ("py", "c", "cpp") for p in
-                           Path(folder).rglob(f"*.{suffix}")):
-            name = path.relative_to(folder).as_posix()
-            digest.update(name.encode() + b"\0" + path.read_bytes())
+    for name, path in _source_files(sources):
+        digest.update(name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -63,15 +72,16 @@ class FunctionCache:
     """Compiled functions of one model, looked up by name.
 
     ``key`` is JSON-able data that selects the model (its options, which ops build it);
-    ``source_folders`` hold the code that builds its graphs; ``shared`` are the model's shared variables by name:
-    a file refers to them by name (it holds none of their values), and a loaded function
-    uses the model's own.
+    ``sources`` are the files and folders of the code that builds its graphs (a change
+    there makes new entries); ``shared`` are the model's shared variables by name: a file
+    refers to them by name (it holds none of their values), and a loaded function uses the
+    model's own.
     """
 
-    def __init__(self, key, source_folders, shared, log=print):
+    def __init__(self, key, sources, shared, log=print):
         self.shared, self.log = shared, log
         self.folder = os.path.join(theano.config.base_compiledir, "functions")
-        self.key = {"model": key, "source": _source_digest(source_folders),
+        self.key = {"model": key, "source": _source_digest(sources),
                     "theano": theano.__version__, "numpy": np.__version__,
                     "python": sys.version, "config": _theano_config(),
                     "flags": os.environ.get("THEANO_FLAGS", "")}

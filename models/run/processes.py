@@ -86,6 +86,12 @@ class Processes:
             raise ParallelError(f"the {what} of rank(s) {differing} differ from rank 0's; "
                                 f"{advice}")
 
+    def check_same_parameters(self, buffer):
+        """Stop with an error if the ranks' parameters (``buffer``) differ, before anything
+        is written from them."""
+        self.check_identical(buffer, "parameters", "the ranks no longer train one model (a "
+                             "faulty machine or MPI library?): resume from the last checkpoint")
+
     def abort(self, code):
         """End every rank at once (after an error on this one)."""
         if self._comm is not None:

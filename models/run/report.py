@@ -5,12 +5,12 @@ import math
 import os
 import signal
 import time
-from types import SimpleNamespace
+from dataclasses import dataclass
+from typing import Optional
 
 from .evaluation import evaluate_set
 from .pictures import save_image_grid
 from .plot import save_learning_curve
-from .resume import check_ranks_agree
 from .results import append_results
 from .weights import save_ndict
 
@@ -52,7 +52,7 @@ def report(cfg, folder, state, trainer, test_x, sacred_run, processes, seconds, 
     state.history["kl"].append([state.epoch, kl])
     is_best = state.best is None or results["cost"] < state.best
     state.best = results["cost"] if is_best else state.best
-    check_ranks_agree(trainer, processes)
+    processes.check_same_parameters(trainer.params.buffer)
     weights = trainer.weights()
     logsd = float(weights.get("logsd_x", 0.0))
     for name, value in [("test.cost", results["cost"]), ("test.elbo", results["elbo"]),
@@ -87,12 +87,17 @@ def print_report(folder, state, seconds, train_cost, test_cost, logsd):
           f"{test_cost:.5f} {state.best:.5f} {logsd}", flush=True)
 
 
+@dataclass
+class StopRequest:
+    signal: Optional[str] = None  # the name of the signal that asked the run to stop
+
+
 @contextlib.contextmanager
 def stop_on_signals():
     """SIGINT/SIGTERM set ``.signal`` of the object this yields (the loop finishes its
     minibatch, checkpoints and exits cleanly); a second one stops at once, without a
     checkpoint."""
-    stop = SimpleNamespace(signal=None)
+    stop = StopRequest()
 
     def handler(signum, _frame):
         if stop.signal is not None:

@@ -27,16 +27,20 @@ def get_data(cfg, processes):
     return train_x, test_x
 
 
-def build_trainer(cfg, draw_weights=True):
-    """The `Trainer` of the model the settings ``cfg`` describe."""
+def build_model(cfg, draw_weights=True):
+    """The `ResNetVAE` the settings ``cfg`` describe (its weights at zero unless drawn)."""
     if cfg.model_type != "cvae1":
         raise ConfigError(f"unknown model_type {cfg.model_type!r}; valid choices: cvae1")
     try:
         config = ModelConfig(**cfg.margs)
     except TypeError as err:  # e.g. options saved by another version of this code
         raise ConfigError(f"margs do not fit this version's model options ({err})") from None
-    return Trainer(ResNetVAE(config, seed=cfg.seed, draw_weights=draw_weights),
-                   cfg.conv_precision)
+    return ResNetVAE(config, seed=cfg.seed, draw_weights=draw_weights)
+
+
+def build_trainer(cfg, draw_weights=True):
+    """The `Trainer` of the model the settings ``cfg`` describe."""
+    return Trainer(build_model(cfg, draw_weights), cfg.conv_precision)
 
 
 def initialise(trainer, cfg, processes, init_x=None):
