@@ -3,6 +3,7 @@ save/load, every posterior and prior, and learning on a fixed batch."""
 import ast
 import math
 import tarfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -311,6 +312,15 @@ def test_save_load_round_trip_reproduces_evaluation(fresh, tmp_path):
     after = fresh.evaluate(x, zero_noise(fresh))
     for key in before:
         np.testing.assert_array_equal(after[key], before[key])
+
+
+def test_equal_weights_make_equal_files(tmp_path):
+    weights = {"a_w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(2)}
+    save_ndict(weights, tmp_path / "one.ndict.tar.gz")
+    time.sleep(1.1)  # a gzip header holds seconds
+    save_ndict(dict(reversed(weights.items())), tmp_path / "two.ndict.tar.gz")
+    assert (tmp_path / "one.ndict.tar.gz").read_bytes() == \
+        (tmp_path / "two.ndict.tar.gz").read_bytes()
 
 
 def test_damaged_weights_files_are_named_with_the_problem(tmp_path):

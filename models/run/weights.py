@@ -1,7 +1,7 @@
 """The original's weight files, ``*.ndict.tar.gz`` (docs/model.md §12).
 
 A gzip tar holding ``arrays.npz`` (``arr_0, arr_1, ...``) and ``names.txt`` (one name per
-line, same order; names sorted). Writing is atomic: a temporary file in the same folder is
+line, same order; names sorted); equal weights make equal files, byte for byte. Writing is atomic: a temporary file in the same folder is
 fsynced and renamed over the target, so a crash never leaves a half-written file.
 Reading never unpickles (``allow_pickle=False``) and never extracts to disk.
 """
@@ -36,7 +36,9 @@ def save_ndict(values, path):
     names_txt = "".join(n + "\n" for n in names).encode()
 
     def write(f):
-        with tarfile.open(fileobj=f, mode="w:gz") as tar:
+        # No time and no name in the gzip header: the same weights give the same bytes.
+        with gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as packed, \
+                tarfile.open(fileobj=packed, mode="w") as tar:
             _add_member(tar, "arrays.npz", arrays.getvalue())
             _add_member(tar, "names.txt", names_txt)
 
