@@ -12,26 +12,28 @@ after epochs 0..10 and every ``n_reporting`` epochs, evaluate the Polyak-average
 on the test set and write weights, samples, results and the learning curve.
 """
 import contextlib
-import difflib
+import copy
 import os
 import sys
 import time
 
 import numpy as np
 from sacred import Experiment
+from sacred.config.config_dict import ConfigDict
 from sacred.initialize import create_run
 from sacred.utils import SacredError
 
 from configs import NAMED_CONFIGS
 from data import DataError
-from models.config import ConfigError, default_options, option_names
+from models.config import ConfigError
 from models.noise import permutation
 from models.run import inspection
 from models.run.checkpoint import CheckpointError
 from models.run.folder import FolderInUse, open_folder
 from models.run.report import Progress, ReportError, report, stop_on_signals
 from models.run.resume import LoopState, restore_training_state, save_run, saved_run
-from models.run.settings import INSPECTION_KEYS, Settings, command_settings
+from models.run.settings import (RunConfig, check_known, command_settings, keys_of,
+                                 option_docs, sacred_defaults, with_shortcuts_resolved)
 from models.run.step import NonFiniteStep, TrainingStep
 from models.run.start import build_model, build_trainer, get_data, initialise
 from models.run.processes import ParallelError, Processes
@@ -46,40 +48,23 @@ except ParallelError as _error:
 ex = Experiment("iaf", save_git_info=False)
 for _name, _updates in NAMED_CONFIGS.items():
     ex.add_named_config(_name, _updates)
-MODEL_DEFAULTS = default_options()
 
 
-@ex.config
-def config():
-    problem = "cifar10"  # 'cifar10' (from $CIFAR10_PATH) or 'toy' (generated, no download)
-    n_batch = 16  # minibatch size
-    n_reporting = 10  # epochs between reports (after epochs 0..10)
-    n_epochs = 0  # stop after this many epochs; 0 = never, as the original
-    px = MODEL_DEFAULTS["px"]
-    pad_x = MODEL_DEFAULTS["pad_x"]
-    shape_x = MODEL_DEFAULTS["shape_x"]
-    n_h = MODEL_DEFAULTS["n_h1"]
-    n_z = MODEL_DEFAULTS["n_z"]
-    n_h1 = n_h
-    n_h2 = n_h
-    n_train = 0  # > 0: use only the first n_train training AND test images
-    model_type = "cvae1"
-    depths = MODEL_DEFAULTS["depths"]
-    # The model's options (models/config.py), from the values above; margs.KEY=... sets one.
-    margs = default_options(px=px, pad_x=pad_x, shape_x=shape_x, n_z=n_z, n_h1=n_h1,
-                            n_h2=n_h2, depths=depths)
-    save_model = True  # also keep weights_best.ndict.tar.gz
-    load_model_path = None  # a folder holding weights.ndict.tar.gz to start from
-    load_model_complete = True  # False: tolerate parameters missing from that file
-    est_marglik = 0  # K > 0: importance-sampled log-likelihood with K samples, then stop
-    est_marglik_data = "valid"  # ... on 'valid' (the test set) or 'train'
-    resume = None  # a run folder: continue that run exactly where its checkpoint left it
-    checkpoint_minutes = 5.0  # also checkpoint this often within an epoch (wall time)
-    skip_nonfinite = False  # True: skip (and count) steps with a NaN/inf cost or gradient
-    conv_precision = "fp32"  # convolutions' inputs: 'fp32' (the original) or 'bf16' (README)
-    n_samples = 100  # sample: how many images
-    temperature = 1.0  # sample, reconstruct: scale of the prior's noise (docs/model.md §6)
-    n_images = 10  # reconstruct: how many test images
+class DocumentedConfig:
+    """Sacred's config from a dict, with each key's meaning for ``print_config``; a fresh
+    copy at each use (sacred merges the config hook's values into the dicts it gets)."""
+
+    def __init__(self, values, docs):
+        self.values, self.docs = values, docs
+
+    def __call__(self, fixed=None, preset=None, fallback=None):
+        summary = ConfigDict(copy.deepcopy(self.values))(fixed, preset, fallback)
+        summary.docs.update(self.docs)
+        return summary
+
+
+# Every option, its default and meaning: RunConfig (models/run/settings.py).
+ex.configurations.append(DocumentedConfig(sacred_defaults(), option_docs()))
 
 
 class Error(SacredError):
@@ -103,17 +88,14 @@ def user_errors():
 
 
 @ex.config_hook
-def reject_unknown_keys(config, command_name, logger):
-    """Sacred refuses a misspelled key with a traceback; say which key was meant."""
-    for keys, valid, prefix in ((config, list(ex.configurations[0]()) + ["seed"], ""),
-                                (config.get("margs", {}), option_names(), "margs.")):
-        for key in keys:
-            if key not in valid:
-                close = difflib.get_close_matches(key, valid, n=1)
-                hint = f"did you mean {prefix}{close[0]}?" if close else \
-                    f"valid keys: {', '.join(prefix + v for v in valid)}"
-                raise Error(f"unknown config key {prefix + key!r}; {hint}")
-    return {}
+def resolve_options(config, command_name, logger):
+    """Refuse a misspelled key (sacred's own message is a traceback), and follow the
+    original's shortcuts: ``n_h`` sets ``n_h1`` and ``n_h2``, top-level keys set ``margs``."""
+    try:
+        check_known(config)
+    except ConfigError as err:
+        raise Error(str(err)) from None
+    return with_shortcuts_resolved(config)
 
 
 def resolved_config(*named_configs, **updates):
@@ -229,7 +211,8 @@ def training_loop(cfg, folder, state, trainer, train_x, test_x, sacred_run, stop
 def trained_model(config, sacred_run):
     """The settings and the trainer with the weights of ``load_model_path``, for a command
     that inspects it (on the data the run used, unless told otherwise)."""
-    cfg = command_settings(config, sacred_run, processes, INSPECTION_KEYS)
+    cfg = command_settings(config, sacred_run, processes,
+                           keys_of("model", "data", "precision"))
     if cfg.load_model_path is None:
         raise Error("this command needs load_model_path=DIR, a folder with "
                     "weights.ndict.tar.gz (a run folder of this project, or the original's)")
@@ -284,7 +267,7 @@ def reconstruct(_config, _run):
 def print_params(_config):
     """Every parameter as ``name shape``, then the total count; compiles nothing."""
     with user_errors():
-        initial = build_model(Settings(**_config), draw_weights=False).initial
+        initial = build_model(RunConfig.from_options(_config), draw_weights=False).initial
     for name, value in sorted(initial.items()):
         print(name, value.shape)
     print(f"total {sum(value.size for value in initial.values())}")

@@ -34,12 +34,12 @@ def measure(name, precision, n_steps, n_batch):
     import numpy as np
 
     import train
-    from models.run.settings import Settings
+    from models.run.settings import RunConfig
     from models.run.start import build_trainer, get_data, initialise
     from models.run.step import TrainingStep
 
     # One seed: the same data on every rank.
-    cfg = Settings(**train.resolved_config(name, problem="toy", n_batch=n_batch, seed=0,
+    cfg = RunConfig.from_options(train.resolved_config(name, problem="toy", n_batch=n_batch, seed=0,
                                            conv_precision=precision))
     processes = train.processes
     train_x, _ = get_data(cfg, processes)

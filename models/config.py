@@ -1,7 +1,8 @@
 """Every model option in one place: `ModelConfig`, the original's ``margs``.
 
-Sacred's ``margs`` entry, the check for misspelled ``margs.`` keys, `ResNetVAE` and the
-benchmarks all derive from this dataclass: adding a field adds the option everywhere.
+Sacred's ``margs`` entry, the check for misspelled ``margs.`` keys (models/run/settings.py),
+`ResNetVAE` and the benchmarks all derive from this dataclass: adding a field adds the
+option everywhere.
 """
 import dataclasses
 from dataclasses import dataclass
@@ -154,21 +155,5 @@ class ModelConfig:
                 for k, v in dataclasses.asdict(self).items()}
 
 
-def option_names():
-    """The names of every model option, in definition order."""
-    return [f.name for f in dataclasses.fields(ModelConfig)]
-
-
-def default_options(**derived):
-    """Every model option's default as a plain dict, with ``derived`` values put in."""
-    values = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
-    unknown = set(derived) - set(values)
-    if unknown:
-        raise ConfigError(f"not model options: {', '.join(sorted(unknown))}")
-    values.update(derived)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
-
-
 __all__ = ["ConfigError", "ModelConfig", "PosteriorName", "POSTERIORS", "PRIORS", "LIKELIHOODS",
-           "WEIGHTSHARING", "DOWNSAMPLE_TYPES", "OPTIMISERS", "option_names",
-           "default_options"]
+           "WEIGHTSHARING", "DOWNSAMPLE_TYPES", "OPTIMISERS"]

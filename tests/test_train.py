@@ -193,6 +193,8 @@ def _crafted_pickle(folder):
     ("typo margs", ["margs.depthar=2"], None, "did you mean margs.depth_ar?"),
     ("no levels", ["depths=[]"], None, "need at least one level"),
     ("batch", ["n_batch=64"], None, "n_batch=64 is larger than the 32 training images"),
+    ("reports", ["n_reporting=0"], None, "n_reporting=0 must be a positive integer"),
+    ("est data", ["est_marglik_data=test"], None, "valid choices: valid, train"),
 ])
 def test_bad_input_exits_nonzero_with_one_sentence(case, args, prepare, expected, tmp_path):
     cifar = tmp_path / "cifar"
@@ -215,7 +217,7 @@ def test_bad_input_exits_nonzero_with_one_sentence(case, args, prepare, expected
 def test_top_level_model_keys_set_the_options_and_default_to_the_models():
     import train
     from models.config import ModelConfig
-    from models.run.settings import MODEL_SHORTCUTS
+    from models.run.settings import SHORTCUTS
     margs = train.resolved_config()["margs"]
     assert ModelConfig(**margs) == ModelConfig()
     # The original's defaults, as the README's options table states them.
@@ -226,7 +228,7 @@ def test_top_level_model_keys_set_the_options_and_default_to_the_models():
     assert (tuple(margs["shape_x"]), margs["px"], margs["pad_x"]) == ((3, 32, 32), "logistic", 0)
     cfg = train.resolved_config("quickstart", n_h=12, pad_x=2)
     assert cfg["margs"]["n_h1"] == cfg["margs"]["n_h2"] == 12
-    for key in MODEL_SHORTCUTS:
+    for key in SHORTCUTS:
         assert cfg["margs"][key] == cfg[key], key
 
 

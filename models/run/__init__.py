@@ -1,7 +1,8 @@
 """What a training run needs beyond the model:
 
 - `start`: the data, the model and its initial or saved weights, for every command.
-- `settings`: the run's settings and their reconciliation with a saved run.
+- `settings`: the run's settings (`RunConfig`, every option of train.py) and their
+  reconciliation with a saved run.
 - `step`: one training step over the run's processes (gradient, sum, votes, update).
 - `resume`: the loop's state, checkpointing and resuming.
 - `report`: the progress line, each report's files and line, stopping on a signal.

@@ -2,7 +2,7 @@
 import os
 
 from data import DataError, load_dataset
-from models.config import ConfigError, ModelConfig
+from models.config import ConfigError
 from models.resnet_vae import ResNetVAE
 from models.trainer import Trainer
 
@@ -11,16 +11,13 @@ from .weights import load_ndict
 
 def get_data(cfg, processes):
     """``(train_x, test_x)`` for the settings ``cfg``, the same on every process."""
-    for key in ("n_batch", "n_reporting"):
-        if int(getattr(cfg, key)) < 1:
-            raise ConfigError(f"{key}={getattr(cfg, key)} must be a positive integer")
     train_x, test_x = load_dataset(cfg.problem, cfg.n_train, seed=cfg.seed)
     if cfg.n_batch > len(train_x):
         raise DataError(f"n_batch={cfg.n_batch} is larger than the {len(train_x)} training "
                         f"images; use a smaller n_batch or a larger n_train")
-    if train_x.shape[1:] != tuple(cfg.margs["shape_x"]):
+    if train_x.shape[1:] != cfg.model.shape_x:
         raise DataError(f"problem {cfg.problem!r} has images of shape {train_x.shape[1:]}, "
-                        f"but the model's shape_x is {tuple(cfg.margs['shape_x'])}")
+                        f"but the model's shape_x is {cfg.model.shape_x}")
     for name, images in (("training", train_x), ("test", test_x)):
         processes.check_identical(images, f"{name} images", "is CIFAR10_PATH the same "
                                   "data set on every machine?")
@@ -29,13 +26,7 @@ def get_data(cfg, processes):
 
 def build_model(cfg, draw_weights=True):
     """The `ResNetVAE` the settings ``cfg`` describe (its weights at zero unless drawn)."""
-    if cfg.model_type != "cvae1":
-        raise ConfigError(f"unknown model_type {cfg.model_type!r}; valid choices: cvae1")
-    try:
-        config = ModelConfig(**cfg.margs)
-    except TypeError as err:  # e.g. options saved by another version of this code
-        raise ConfigError(f"margs do not fit this version's model options ({err})") from None
-    return ResNetVAE(config, seed=cfg.seed, draw_weights=draw_weights)
+    return ResNetVAE(cfg.model, seed=cfg.seed, draw_weights=draw_weights)
 
 
 def build_trainer(cfg, draw_weights=True):
