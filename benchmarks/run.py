@@ -183,9 +183,9 @@ def measure(name, precision, n_steps, n_batch, started, weights_path=None):
     step = float(np.median(times))
     fwd = conv_flops(model.model, n_batch)
     if weights_path:
-        save_ndict(model.weights(), weights_path)
+        save_ndict(model.state.weights(), weights_path)
     return {"config": name, "precision": precision, "n_batch": n_batch,
-        "n_params": model.params.size, "isa": onednn.cpu_isa()[0],
+        "n_params": model.state.params.size, "isa": onednn.cpu_isa()[0],
         "conv_implementations": onednn.implementations().get(precision, ""),
         "data_init_s": init_s, "compile_and_first_step_s": first_step_s,
         "start_to_first_step_s": start_to_first_step_s,
@@ -217,7 +217,7 @@ def evaluate_first_minibatch(name, precision, n_batch, weights_path):
 
     config = RunConfig.from_options(resolved_config(name)).model
     model = Trainer(ResNetVAE(config, draw_weights=False), precision)
-    model.set_weights(load_ndict(weights_path))
+    model.state.set_weights(load_ndict(weights_path))
     x = np.random.RandomState(1).randint(0, 256, (n_batch, 3, 32, 32)).astype(np.uint8)
     return {"cost": float(model.evaluate(x, model.noise("eval", 0, range(n_batch)))["cost"].mean())}
 

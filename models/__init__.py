@@ -7,8 +7,10 @@
 - `names`: parameter names, and what they say about a model's options.
 - `optim`: AdaMax with Polyak averaging over flat buffers (§10); `noise`: every random
   draw as a function of its place (§9).
-- `trainer`: the compiled side (`Trainer`): parameters, averages, optimiser state and the
-  compiled functions, kept in the function cache.
+- `state`: what training changes and keeps (`TrainingState`): parameters, their
+  averages and the optimiser's moments, and their values in and out (weights, checkpoints).
+- `trainer`: the compiled side (`Trainer`): the functions that train, evaluate and sample
+  over a `TrainingState`, kept in the function cache.
 
 Subfolder `run`: what a training run needs beyond the model (its files, processes,
 resume and the inspection commands).

@@ -1,21 +1,19 @@
-"""The compiled side of a `ResNetVAE`: its parameters, their Polyak averages and the
-optimiser's state as flat shared vectors, and the compiled functions that train,
-evaluate, initialise and sample it (each compiled once per process, and kept in the
-function cache on disk between processes)."""
+"""The compiled side of a `ResNetVAE`: the functions that train, evaluate, initialise and
+sample it (each compiled once per process, and kept in the function cache on disk between
+processes), over the flat shared vectors of its `TrainingState`."""
 from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 from layers import ops
 from layers.conv import DataInit
-from layers.parameters import FlatParameters
 from layers.runtime.backend import T, theano
 from layers.runtime.function_cache import FunctionCache
 
 from .config import ConfigError
-from .names import check_weights_fit
 from .noise import image_noise
-from .optim import AdaMaxPolyak, GradientVector
+from .optim import GradientVector
+from .state import TrainingState
 
 # The source that builds the graphs the function cache keeps: the model's modules (not the
 # run's, in models/run) and the building blocks.
@@ -31,20 +29,17 @@ def check_conv_precision(precision):
 
 
 class Trainer:
-    """A `ResNetVAE`'s numbers and compiled functions, with the convolutions' inputs in
-    ``conv_precision`` ('fp32' or 'bf16', docs/model.md §13). ``model.seed`` also keys every
-    posterior sample (docs/model.md §9)."""
+    """A `ResNetVAE`'s compiled functions over its ``state`` (a `TrainingState`), with the
+    convolutions' inputs in ``conv_precision`` ('fp32' or 'bf16', docs/model.md §13).
+    ``model.seed`` also keys every posterior sample (docs/model.md §9)."""
 
     def __init__(self, model, conv_precision="fp32"):
         check_conv_precision(conv_precision)
         self.model, cfg = model, model.config
         self.conv_precision = conv_precision
-        self.params = FlatParameters.from_values(model.initial, "params")
-        self.avg_params = self.params.like("avg_params")  # their Polyak averages
-        masks = {conv.w_name: conv.mask for conv in model.masked_convs}
-        self.optimiser = AdaMaxPolyak(self.params, self.avg_params, masks, cfg.alpha,
-                                      cfg.beta1, cfg.beta2)
-        shared = dict(self.optimiser.state, adamax_keep=self.optimiser.keep)
+        self.state = TrainingState(model)
+        optimiser = self.state.optimiser
+        shared = dict(optimiser.state, adamax_keep=optimiser.keep)
         key = {"config": cfg.as_dict(), "custom_ops": ops.CUSTOM_OPS,
                "conv_precision": conv_precision}
         self._cache = FunctionCache(key, GRAPH_SOURCES,
@@ -76,7 +71,7 @@ class Trainer:
         skipped because a channel had std 0."""
         def build():
             xs, es = self._inputs()
-            params = DataInit(self.params)
+            params = DataInit(self.state.params)
             self.model.costs(xs, es, params)
             outputs = [e for _, s, b, ok in params.records for e in (s, b, ok)]
             names = [(conv.s_name, conv.b_name, conv.name) for conv, _, _, _ in params.records]
@@ -90,8 +85,8 @@ class Trainer:
                 found.update({s_name: s, b_name: b})
             else:
                 skipped.append(conv_name)
-        self.params.set_values(found)
-        self.avg_params.set_buffer(self.params.buffer)
+        self.state.params.set_values(found)
+        self.state.avg_params.set_buffer(self.state.params.buffer)
         return skipped
 
     def gradient(self, x, eps, into=None):
@@ -100,13 +95,13 @@ class Trainer:
         cost, with that cost in its ``cost`` slot and its other slots 0."""
         def build():
             xs, es = self._inputs()
-            cost = self.model.costs(xs, es, self.params)["cost"]
+            cost = self.model.costs(xs, es, self.state.params)["cost"]
             total = cost.sum()
-            grads = self.optimiser.gradients(total)
+            grads = self.state.optimiser.gradients(total)
             outputs = [cost, total] + [theano.Out(g, borrow=True) for g in grads]
             return theano.function([xs] + es, outputs), None
         f = self._function("gradient", build)[0]
-        vector = GradientVector(self.params) if into is None else into
+        vector = GradientVector(self.state.params) if into is None else into
         # The function's ops write the gradients straight into the vector's parts when
         # their output storage holds them (c_support's iaf_output): no copy, no memory.
         for container, part in zip(f.output_storage[2:], vector.parts):
@@ -123,8 +118,8 @@ class Trainer:
         """One AdaMax step with a `GradientVector` from `gradient` (or a sum of them);
         False if anything in it is not finite, in which case nothing changed."""
         def build():
-            g = T.vector("gradient", dtype=self.params.shared.dtype)
-            updates, applied = self.optimiser.update(g)
+            g = T.vector("gradient", dtype=self.state.params.shared.dtype)
+            updates, applied = self.state.optimiser.update(g)
             # The op updates the buffers in place.
             return theano.function([g], applied, updates=updates, accept_inplace=True), None
         return bool(self._function("update", build)[0](vector.array))
@@ -143,7 +138,7 @@ class Trainer:
         ``log_weight`` with posterior noise ``eps``."""
         def build():
             xs, es = self._inputs()
-            results = self.model.costs(xs, es, self.avg_params)
+            results = self.model.costs(xs, es, self.state.avg_params)
             return theano.function([xs] + es, list(results.values())), list(results)
         f, keys = self._function("eval", build)
         return OrderedDict(zip(keys, f(x, *eps)))
@@ -153,7 +148,7 @@ class Trainer:
         temperature ``t`` samples at that temperature."""
         def build():
             _, es = self._inputs()
-            return theano.function(es, self.model.samples(es, self.avg_params)), None
+            return theano.function(es, self.model.samples(es, self.state.avg_params)), None
         return self._function("decode", build)[0](*eps)
 
     def reconstruct(self, x, eps, prior_eps, from_posterior):
@@ -164,7 +159,7 @@ class Trainer:
             xs, es = self._inputs()
             ps = [T.tensor4(f"prior_eps{k}") for k in range(len(es))]
             flags = T.bvector("from_posterior")
-            images = self.model.reconstructions(xs, es, ps, flags, self.avg_params)
+            images = self.model.reconstructions(xs, es, ps, flags, self.state.avg_params)
             return theano.function([xs] + es + ps + [flags], images), None
         f = self._function("reconstruct", build)[0]
         return f(x, *eps, *prior_eps, np.asarray(from_posterior, np.int8))
@@ -174,37 +169,9 @@ class Trainer:
         ``(N, n_z*h*w)``, and the KL of every feature map, ``(N, n_z)``."""
         def build():
             xs, es = self._inputs()
-            _, _, kls, means = self.model.inference(xs, es, self.avg_params)
+            _, _, kls, means = self.model.inference(xs, es, self.state.avg_params)
             outputs = [v for key in self.model.vae_layers
                        for v in (means[key].flatten(2), kls[key].sum(axis=(2, 3)))]
             return theano.function([xs] + es, outputs), None
         outputs = self._function("latents", build)[0](x, *eps)
         return list(zip(outputs[::2], outputs[1::2]))
-
-    # -- numbers in and out ------------------------------------------------------------
-    def weights(self, averaged=True):
-        """Every parameter (or its average) as a ``name -> array`` dict of copies."""
-        return (self.avg_params if averaged else self.params).values()
-
-    def set_weights(self, values, complete=True, which=("params", "avg_params"), source=None):
-        """Load a name -> array dict into the parameters (and their averages).
-
-        Names in ``values`` the model does not have are ignored, as by the original; a
-        parameter missing from ``values`` is an error unless ``complete=False``. An error
-        says which model options the weights (from file ``source``) seem to differ in.
-        """
-        missing = check_weights_fit(values, self.params.shapes, complete, source)
-        for target in which:
-            getattr(self, target).set_values(values)
-        return missing
-
-    def training_state(self):
-        """Everything a step changes, as flat arrays (copies), by name."""
-        return {name: var.get_value() for name, var in self.optimiser.state.items()}
-
-    def set_training_state(self, arrays):
-        for name, var in self.optimiser.state.items():
-            if np.shape(arrays[name]) != var.get_value(borrow=True).shape:
-                raise ValueError(f"{name} of shape {np.shape(arrays[name])} cannot replace "
-                                 f"one of shape {var.get_value(borrow=True).shape}")
-            var.set_value(np.array(arrays[name], dtype=var.dtype), borrow=True)

@@ -60,7 +60,7 @@ def drift_at_update(step):
         applied = apply_gradient(self, vector)
         calls.append(1)
         if len(calls) == int(step):
-            self.params.buffer[0] += 1e-3
+            self.state.params.buffer[0] += 1e-3
         return applied
     if rank == 1:
         Trainer.apply_gradient = drifting

@@ -66,7 +66,7 @@ def test_a_loaded_function_computes_with_the_loading_models_parameters(cache_fol
     _, first, compiled = filled
     (entry,) = cache_folder.iterdir()
     assert oct(entry.stat().st_mode & 0o777) == "0o600"
-    assert first.avg_params.buffer[100:120].tobytes() not in entry.read_bytes()  # no weights
+    assert first.state.avg_params.buffer[100:120].tobytes() not in entry.read_bytes()  # no weights
     second, messages = model_and_log(seed=2)  # other initial weights
     monkeypatch.setattr(trainer_module.theano, "function",
                         lambda *a, **k: pytest.fail("compiled"))
@@ -74,7 +74,7 @@ def test_a_loaded_function_computes_with_the_loading_models_parameters(cache_fol
     monkeypatch.undo()
     assert messages == []
     assert not np.allclose(loaded, compiled)  # its own weights, not the first model's
-    second.set_weights(first.weights())
+    second.state.set_weights(first.state.weights())
     np.testing.assert_array_equal(evaluation(second), compiled)
 
 
@@ -145,5 +145,5 @@ def test_a_loaded_function_sees_parameters_replaced_after_it_was_loaded(cache_fo
     _, first, compiled = filled
     second, _ = model_and_log(seed=2)
     assert not np.allclose(evaluation(second), compiled)  # loaded, with its own weights
-    second.avg_params.set_buffer(first.avg_params.buffer)  # a new array in their place
+    second.state.avg_params.set_buffer(first.state.avg_params.buffer)  # a new array in their place
     np.testing.assert_array_equal(evaluation(second), compiled)

@@ -33,7 +33,7 @@ def test_temperature_zero_gives_the_same_images_for_every_noise(model):
     first = model.decode(zero)
     np.testing.assert_array_equal(model.decode(zero), first)
     other_seed = trainer(seed=7)
-    other_seed.set_weights(model.weights())
+    other_seed.state.set_weights(model.state.weights())
     np.testing.assert_array_equal(other_seed.decode([0 * e for e in other_seed.noise(
         "sample", 3, range(5))]), first)
     assert not np.array_equal(model.decode(model.noise("sample", 0, range(5))), first)
@@ -45,7 +45,7 @@ def test_temperature_scales_the_spread_of_z_about_the_prior_mean(prior):
     layer = m.model.vae_layers[1, 0]
     h, eps = T.tensor4("h"), T.tensor4("eps")
     z = theano.function([h, eps], layer.prior.sample(layer.down_parts.split(h), eps,
-                                                     m.avg_params))
+                                                     m.state.avg_params))
     rng = np.random.RandomState(1)
     h0 = rng.randn(4, layer.down_parts.n_channels, 4, 4).astype(floatX)
     e0 = rng.randn(4, 4, 4, 4).astype(floatX)
@@ -62,7 +62,8 @@ def test_reconstruction_from_every_posterior_layer_is_the_evaluation_graphs_mean
     x = images(4)
     eps = model.noise("eval", 0, range(4))
     xs, es = model._inputs()
-    mean = theano.function([xs] + es, model.model.inference(xs, es, model.avg_params)[1])(x, *eps)
+    means = model.model.inference(xs, es, model.state.avg_params)[1]
+    mean = theano.function([xs] + es, means)(x, *eps)
     prior_eps = model.noise("sample", 0, range(4))
     both = model.reconstruct(x, eps, prior_eps, [1, 1])
     np.testing.assert_array_equal(both, (256 * mean).astype(np.uint8))
@@ -75,7 +76,7 @@ def test_reconstruction_from_every_posterior_layer_is_the_evaluation_graphs_mean
 def test_a_layer_forced_onto_its_prior_has_no_kl_and_no_active_units(model):
     """Zero the bottom-up and top-down posterior and prior outputs of layer 1_0: then
     q = p = N(0, 1) there, whatever the image."""
-    weights = model.weights()
+    weights = model.state.weights()
     model = trainer()  # a copy, to change
     layer = model.model.vae_layers[1, 0]
     for conv, parts in ((layer.up_conv1, layer.up_parts), (layer.down_conv1, layer.down_parts)):
@@ -86,7 +87,7 @@ def test_a_layer_forced_onto_its_prior_has_no_kl_and_no_active_units(model):
     # Layer 0_0's posterior mean, std 0.1 after data-dependent init, made 10 times wider.
     bottom = model.model.vae_layers[0, 0]
     weights[bottom.up_conv1.s_name][bottom.up_parts.slice("qz_mean")] += np.log(10) / 3
-    model.set_weights(weights)
+    model.state.set_weights(weights)
     x = images(6)
     elbo = float(model.evaluate(x, model.noise("eval", 0, range(6)))["elbo"].mean())
     report = latent_layers(model, x, 3, elbo, Processes())

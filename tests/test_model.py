@@ -99,7 +99,7 @@ def test_posterior_names_are_case_insensitive_and_errors_list_the_choices():
 
 def test_weightsharing_all_shares_weights_but_not_scales():
     model = tiny_model(depths=[2], weightsharing="all")
-    names = set(model.params)
+    names = set(model.state.params)
     assert "[s]_up_conv2_w" in names and "0_0_up_conv2_w" not in names
     assert {"0_0_up_conv2_s", "0_1_up_conv2_s", "0_0_up_conv2_b"} <= names
 
@@ -110,28 +110,28 @@ def model():
     # kl_min=0: the free-bits floor is a kink that finite differences may straddle.
     m = tiny_model(kl_min=0.0)
     assert m.data_init(batch(), zero_noise(m)) == []
-    m.snapshot = m.training_state()
+    m.snapshot = m.state.arrays()
     return m
 
 
 @pytest.fixture
 def fresh(model):
     """The module's model, reset to its state right after data-dependent init."""
-    model.set_training_state(model.snapshot)
+    model.state.set_arrays(model.snapshot)
     return model
 
 
 def cost_and_gradients(model):
     """A compiled f(x, *eps) -> [summed cost, gradient of every parameter...]."""
     x, eps = T.tensor4("x", dtype="uint8"), symbolic_noise(model)
-    cost = model.model.costs(x, eps, model.params)["cost"].sum()
-    return theano.function([x] + eps, [cost] + model.optimiser.gradients(cost))
+    cost = model.model.costs(x, eps, model.state.params)["cost"].sum()
+    return theano.function([x] + eps, [cost] + model.state.optimiser.gradients(cost))
 
 
 def flat_gradient(model, f, *inputs):
     """The summed cost and a flat copy of the gradient, from `cost_and_gradients`."""
     cost, *grads = f(*inputs)
-    vector = GradientVector(model.params)
+    vector = GradientVector(model.state.params)
     for part, gradient in zip(vector.parts, grads):
         part[...] = gradient
     return cost, vector.gradient
@@ -144,7 +144,7 @@ def grad_fn(model):
 
     def cost_and_named_gradients(x):
         cost, flat = flat_gradient(model, f, x, *zero_noise(model, len(x)))
-        return cost, model.params.split(flat)
+        return cost, model.state.params.split(flat)
     return cost_and_named_gradients
 
 
@@ -163,8 +163,8 @@ def test_custom_ops_match_plain_theano_in_cost_and_all_gradients(fresh, monkeypa
     (got_cost, got_flat), (want_cost, want_flat) = (flat_gradient(fresh, f, batch(), *noise)
                                                     for f in (fast, plain))
     assert got_cost == pytest.approx(want_cost, rel=1e-5)
-    for name, got, want in zip(fresh.params, fresh.params.split(got_flat).values(),
-                               fresh.params.split(want_flat).values()):
+    for name, got, want in zip(fresh.state.params, fresh.state.params.split(got_flat).values(),
+                               fresh.state.params.split(want_flat).values()):
         # Float32 sums in another order differ by ~1e-6 of the gradient's norm; a wrong
         # tap, mask or scale moves it by far more. Tiny elements are judged by the norm.
         # The last convolutions' gradients come through the discretised logistic, whose
@@ -188,14 +188,14 @@ def test_the_gradient_function_writes_the_weights_gradients_into_the_flat_vector
             return returned
     monkeypatch.setitem(fresh._compiled, "gradient", (Recording(), None))
     cost, vector = fresh.gradient(batch(), zero_noise(fresh))
-    got = fresh.params.split(vector.gradient.copy())
+    got = fresh.state.params.split(vector.gradient.copy())
     # The ops wrote the gradients into the vector's parts, not into arrays of their own.
     in_place = {name: gradient is part
-                for name, gradient, part in zip(fresh.params, returned[2:], vector.parts)}
+                for name, gradient, part in zip(fresh.state.params, returned[2:], vector.parts)}
     assert all(in_place[name] for name in in_place if name.endswith(("_w", "_s"))), in_place
     assert vector["cost"] == pytest.approx(cost.sum(), rel=1e-6)
     _, want = grad_fn(batch())  # the same gradients, returned as arrays of their own
-    for name in fresh.params:
+    for name in fresh.state.params:
         np.testing.assert_allclose(got[name], want[name], rtol=1e-5, atol=1e-6, err_msg=name)
 
 
@@ -208,7 +208,7 @@ def test_data_init_gives_the_stated_statistics(fresh, monkeypatch):
         return h
     monkeypatch.setattr(Conv2d, "output", recording)
     x, eps = T.tensor4("x", dtype="uint8"), symbolic_noise(fresh)
-    fresh.model.costs(x, eps, fresh.params)
+    fresh.model.costs(x, eps, fresh.state.params)
     values = theano.function([x] + eps, [h for _, h in outputs])(batch(), *zero_noise(fresh))
     assert len(values) == 4 * 2 + 2 + 2 * 3  # four convs per layer, x_enc/x_dec, IAF convs
     for (conv, _), h in zip(outputs, values):
@@ -220,7 +220,7 @@ def test_data_init_gives_the_stated_statistics(fresh, monkeypatch):
 def test_gradients_match_finite_differences(fresh, grad_fn):
     x = batch()
     rng = np.random.RandomState(0)
-    start = fresh.weights(False)
+    start = fresh.state.weights(False)
     _, grads = grad_fn(x)
     for trial in range(3):
         # Perturb each parameter in proportion to its own scale; float32 needs a step
@@ -231,19 +231,20 @@ def test_gradients_match_finite_differences(fresh, grad_fn):
         step = 0.02
         costs = []
         for sign in (1, -1):
-            fresh.params.set_values({n: w + sign * step * direction[n] for n, w in start.items()})
+            moved = {n: w + sign * step * direction[n] for n, w in start.items()}
+            fresh.state.params.set_values(moved)
             costs.append(float(grad_fn(x)[0]))
         numeric = (costs[0] - costs[1]) / (2 * step)
         assert numeric == pytest.approx(analytic, rel=0.02), trial
-    fresh.params.set_values(start)
+    fresh.state.params.set_values(start)
 
 
 def test_adamax_step_polyak_average_and_remasking(fresh, grad_fn):
     x = batch()
-    w0 = fresh.weights(False)
+    w0 = fresh.state.weights(False)
     _, grads = grad_fn(x)
     assert train_step(fresh, x).applied
-    w1, avg1 = fresh.weights(False), fresh.weights(True)
+    w1, avg1 = fresh.state.weights(False), fresh.state.weights(True)
     masks = {c.w_name: c.mask for c in fresh.model.masked_convs}
     for n, g in grads.items():
         # First step: m = 0.1 g, u = max(0.999e-8, |g| + 1e-8) (docs/model.md §10).
@@ -252,7 +253,7 @@ def test_adamax_step_polyak_average_and_remasking(fresh, grad_fn):
         np.testing.assert_allclose(w1[n], expected, rtol=1e-4, atol=1e-7, err_msg=n)
         np.testing.assert_allclose(avg1[n], w0[n], rtol=1e-6, atol=1e-8, err_msg=n)
     train_step(fresh, x)
-    avg2, w2 = fresh.weights(True), fresh.weights(False)
+    avg2, w2 = fresh.state.weights(True), fresh.state.weights(False)
     for n in grads:
         np.testing.assert_allclose(avg2[n], 0.001 * w1[n] + 0.999 * avg1[n], rtol=1e-5,
                                    atol=1e-8, err_msg=n)
@@ -269,14 +270,14 @@ def test_a_step_sums_the_cost_and_carries_the_votes(fresh):
 
 
 def test_non_finite_cost_leaves_every_variable_unchanged(fresh):
-    fresh.params.set_values({"logsd_x": np.nan})
-    before = fresh.training_state()
+    fresh.state.params.set_values({"logsd_x": np.nan})
+    before = fresh.state.arrays()
     with pytest.raises(NonFiniteStep):
         TrainingStep(fresh, Processes())(batch(), zero_noise(fresh))
     step = train_step(fresh, batch())  # with skip_nonfinite
     assert np.isnan(step.cost) and not step.applied
-    assert np.isnan(fresh.weights(False)["logsd_x"])
-    for name, value in fresh.training_state().items():
+    assert np.isnan(fresh.state.weights(False)["logsd_x"])
+    for name, value in fresh.state.arrays().items():
         np.testing.assert_array_equal(value, before[name], err_msg=name)
 
 
@@ -304,11 +305,11 @@ def test_save_load_round_trip_reproduces_evaluation(fresh, tmp_path):
     train_step(fresh, x)
     before = fresh.evaluate(x, zero_noise(fresh))
     path = tmp_path / "weights.ndict.tar.gz"
-    save_ndict(fresh.weights(), path)
+    save_ndict(fresh.state.weights(), path)
     loaded = load_ndict(path)
-    assert sorted(loaded) == list(loaded) == sorted(fresh.params)
-    fresh.avg_params.set_buffer(np.zeros(fresh.avg_params.size))
-    fresh.set_weights(loaded)
+    assert sorted(loaded) == list(loaded) == sorted(fresh.state.params)
+    fresh.state.avg_params.set_buffer(np.zeros(fresh.state.avg_params.size))
+    fresh.state.set_weights(loaded)
     after = fresh.evaluate(x, zero_noise(fresh))
     for key in before:
         np.testing.assert_array_equal(after[key], before[key])
@@ -344,15 +345,15 @@ def test_damaged_weights_files_are_named_with_the_problem(tmp_path):
 
 
 def test_loading_incomplete_or_misshapen_weights_says_which(fresh):
-    weights = fresh.weights()
+    weights = fresh.state.weights()
     missing = dict(weights)
     del missing["0_0_up_conv2_w"]
     with pytest.raises(ConfigError, match="0_0_up_conv2_w"):
-        fresh.set_weights(missing)
-    assert fresh.set_weights(missing, complete=False) == ["0_0_up_conv2_w"]
+        fresh.state.set_weights(missing)
+    assert fresh.state.set_weights(missing, complete=False) == ["0_0_up_conv2_w"]
     wrong = {**weights, "x_enc_b": np.zeros(5, floatX)}
     with pytest.raises(ConfigError, match=r"x_enc_b \(5,\)"):
-        fresh.set_weights(wrong)
+        fresh.state.set_weights(wrong)
 
 
 @pytest.mark.parametrize("other,expected", [
@@ -363,9 +364,9 @@ def test_loading_incomplete_or_misshapen_weights_says_which(fresh):
 ])
 def test_weights_of_another_config_are_refused_in_one_sentence_naming_the_option(
         fresh, other, expected):
-    weights = tiny_model(**other).weights()
+    weights = tiny_model(**other).state.weights()
     with pytest.raises(ConfigError) as err:
-        fresh.set_weights(weights, source="w.ndict.tar.gz")
+        fresh.state.set_weights(weights, source="w.ndict.tar.gz")
     message = str(err.value)
     assert expected in message and message.startswith("w.ndict.tar.gz belong to another model")
     assert len(message) < 250 and "\n" not in message
@@ -393,11 +394,11 @@ def test_made_prior_sample_is_the_exact_autoregressive_fixed_point():
     model = tiny_model(prior="made", depth_ar=2)
     layer = model.model.vae_layers[0, 0]
     rng = np.random.RandomState(4)
-    model.params.set_buffer(rng.randn(model.params.size) * 0.5)
+    model.state.params.set_buffer(rng.randn(model.state.params.size) * 0.5)
     h, eps, z = T.tensor4("h"), T.tensor4("eps"), T.tensor4("z")
     parts = layer.down_parts.split(h)
-    sample = theano.function([h, eps], layer.prior.sample(parts, eps, model.params))
-    made = theano.function([z, h], layer.prior._mean_logsd(z, parts, model.params))
+    sample = theano.function([h, eps], layer.prior.sample(parts, eps, model.state.params))
+    made = theano.function([z, h], layer.prior._mean_logsd(z, parts, model.state.params))
     h0 = rng.randn(2, layer.down_parts.n_channels, 4, 4).astype(floatX)
     eps0 = rng.randn(2, TINY["n_z"], 4, 4).astype(floatX)
     z0 = sample(h0, eps0)

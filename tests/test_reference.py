@@ -43,7 +43,7 @@ def random_weights(model, rng):
     masks too: the model must mask them on use. Scales `s` stay near 0 (a filter's norm is
     exp(3 s)) so that activations and KLs keep moderate sizes."""
     values = {}
-    for name, value in model.weights().items():
+    for name, value in model.state.weights().items():
         shape = np.shape(value)
         if name == "logsd_x":
             v = -1.0 + 0.1 * rng.randn()
@@ -63,7 +63,7 @@ def test_theano_graph_matches_the_numpy_reference(settings):
     model = Trainer(ResNetVAE(config, seed=seed))
     rng = np.random.RandomState(100 + seed)
     weights = random_weights(model, rng)
-    model.set_weights(weights)  # the weights and their averages, which evaluation uses
+    model.state.set_weights(weights)  # the weights and their averages, which evaluation uses
     x = np.random.RandomState(0).randint(0, 256, (4, 3, 8, 8)).astype(np.uint8)
     eps = [rng.randn(len(x), *shape).astype(floatX) for shape in model.model.latent_shapes()]
 

@@ -52,8 +52,8 @@ def report(cfg, folder, state, trainer, test_x, sacred_run, processes, seconds, 
     state.history["kl"].append([state.epoch, kl])
     is_best = state.best is None or results["cost"] < state.best
     state.best = results["cost"] if is_best else state.best
-    processes.check_same_parameters(trainer.params.buffer)
-    weights = trainer.weights()
+    processes.check_same_parameters(trainer.state.params.buffer)
+    weights = trainer.state.weights()
     logsd = float(weights.get("logsd_x", 0.0))
     for name, value in [("test.cost", results["cost"]), ("test.elbo", results["elbo"]),
                         ("logsd_x", logsd)] + [(f"test.kl.{k}", v) for k, v in kl.items()]:

@@ -25,10 +25,10 @@ class LoopState:
 
 def save_run(folder, cfg, state, trainer, processes):
     """Checkpoint the run, once every rank is seen to hold the same parameters."""
-    processes.check_same_parameters(trainer.params.buffer)
+    processes.check_same_parameters(trainer.state.params.buffer)
     if processes.is_main:
         meta = {"config": cfg.as_dict(), "loop": dataclasses.asdict(state)}
-        save_checkpoint(folder, trainer.training_state(), meta)
+        save_checkpoint(folder, trainer.state.arrays(), meta)
     processes.broadcast(None)  # no rank goes on, or ends, before it is written
 
 
@@ -48,15 +48,15 @@ def restore_training_state(trainer, arrays, folder, state, processes):
     the checkpoint does not know of."""
     if processes.is_main:
         try:
-            trainer.set_training_state(arrays)
+            trainer.state.set_arrays(arrays)
         except (KeyError, ValueError) as err:
             raise CheckpointError(f"the checkpoint in {folder} does not fit its own config's "
                                   f"model ({err}): a damaged file?") from None
-    values = trainer.training_state()  # rank 0's, sent to the others
+    values = trainer.state.arrays()  # rank 0's, sent to the others
     for name in sorted(values):
         processes.broadcast_(values[name])
     if not processes.is_main:
-        trainer.set_training_state(values)
+        trainer.state.set_arrays(values)
     if processes.is_main:
         trim_results(folder, {epoch for epoch, _ in state.history["test"]})
     print(f"Resuming {folder} at epoch {state.epoch}, image {state.images_done}")

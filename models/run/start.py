@@ -48,8 +48,8 @@ def initialise(trainer, cfg, processes, init_x=None):
     if processes.is_main and path is not None:
         path = os.path.join(path, "weights.ndict.tar.gz")
         print(f"Loading weights from {path}")
-        missing = trainer.set_weights(load_ndict(path), complete=complete, source=path)
+        missing = trainer.state.set_weights(load_ndict(path), complete=complete, source=path)
         if missing:
             print(f"warning: {len(missing)} parameters not in the file kept their init")
-    for parameters in (trainer.params, trainer.avg_params):
+    for parameters in (trainer.state.params, trainer.state.avg_params):
         processes.broadcast_(parameters.buffer)

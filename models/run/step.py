@@ -29,7 +29,7 @@ class TrainingStep:
 
     def __init__(self, trainer, processes, skip_nonfinite=False):
         self.trainer, self.processes, self.skip_nonfinite = trainer, processes, skip_nonfinite
-        self.vector = GradientVector(trainer.params, VOTES)  # reused: no allocation a step
+        self.vector = GradientVector(trainer.state.params, VOTES)  # reused: no allocation a step
 
     def __call__(self, x, eps, stop=False, checkpoint=False):
         """A step with this process's share ``x`` (possibly empty: a last minibatch too
