@@ -33,9 +33,9 @@ def tiny_model(**changes):
 
 
 def train_step(trainer, x):
-    """The training loop's step, in this one process, at zero noise, skipping (not
-    refusing) a step that is not finite."""
-    return TrainingStep(trainer, Processes(), skip_nonfinite=True)(x, zero_noise(trainer, len(x)))
+    """The training loop's step, in this one process, at zero noise (a step that is not
+    finite raises `NonFiniteStep`)."""
+    return TrainingStep(trainer, Processes())(x, zero_noise(trainer, len(x)))
 
 
 def batch(n=8):
@@ -269,12 +269,18 @@ def test_a_step_sums_the_cost_and_carries_the_votes(fresh):
     assert step.cost == pytest.approx(cost.sum(), rel=1e-6)
 
 
+def test_a_process_without_images_in_a_step_adds_nothing_but_its_votes(fresh):
+    x, noise = batch()[:0], zero_noise(fresh, 0)
+    step = TrainingStep(fresh, Processes())(x, noise, checkpoint=True)
+    assert step.cost == 0 and step.applied and step.checkpoint and not step.stop
+
+
 def test_non_finite_cost_leaves_every_variable_unchanged(fresh):
     fresh.state.params.set_values({"logsd_x": np.nan})
     before = fresh.state.arrays()
     with pytest.raises(NonFiniteStep):
         TrainingStep(fresh, Processes())(batch(), zero_noise(fresh))
-    step = train_step(fresh, batch())  # with skip_nonfinite
+    step = TrainingStep(fresh, Processes(), skip_nonfinite=True)(batch(), zero_noise(fresh))
     assert np.isnan(step.cost) and not step.applied
     assert np.isnan(fresh.state.weights(False)["logsd_x"])
     for name, value in fresh.state.arrays().items():

@@ -14,7 +14,7 @@ from layers.runtime.files import atomic_write
 
 CONFIG = "config.json"  # the run's settings, which commands that inspect the run read
 LOCK = "writer.lock"  # locked by the process that writes the run; names it
-_held_locks = []  # this process's lock files, open (and so locked) until it ends
+_held_locks = {}  # this process's lock files by path, open (so locked) until it ends
 
 
 class FolderInUse(Exception):
@@ -61,9 +61,13 @@ def new_folder():
 def hold(folder):
     """Make this process the one writer of ``folder`` until it ends: an advisory lock on
     ``folder/writer.lock``, which the operating system releases when the process ends in any
-    way (kill -9 too), so a stale lock never needs removing by hand. If another process
-    holds it, raise `FolderInUse`; on a filesystem without working locks, say so and go on."""
-    fd = os.open(os.path.join(folder, LOCK), os.O_RDWR | os.O_CREAT, 0o666)
+    way (kill -9 too), so a stale lock never needs removing by hand (on a local
+    filesystem). If another process holds it, raise `FolderInUse`. Returns None, or on a
+    filesystem without working locks a warning to show."""
+    path = os.path.join(folder, LOCK)
+    if os.path.realpath(path) in _held_locks:  # a second command of this process
+        return None
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -71,16 +75,17 @@ def hold(folder):
         os.close(fd)
         raise FolderInUse(f"the run folder {folder} is being written by another process "
                           f"({holder}): let that one finish, or stop it (Ctrl-C or kill: it "
-                          f"saves a checkpoint) and then resume; to train besides it, start "
+                          f"saves a checkpoint) and then resume (if it no longer runs, e.g. "
+                          f"its machine was lost, delete {path}); to train besides it, start "
                           f"a new run") from None
     except OSError as err:  # ENOLCK, EOPNOTSUPP, ENOSYS: locks not supported there
         os.close(fd)
-        print(f"warning: {folder} cannot be locked ({err.strerror}), so nothing stops a "
-              f"second process from writing into this run: start each run only once")
-        return
+        return (f"warning: {folder} cannot be locked ({err.strerror}), so nothing stops a "
+                f"second process from writing into this run: start each run only once")
     os.ftruncate(fd, 0)
     os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
-    _held_locks.append(fd)
+    _held_locks[os.path.realpath(path)] = fd
+    return None
 
 
 def open_folder(config, folder=None):
@@ -89,8 +94,10 @@ def open_folder(config, folder=None):
     Returns the folder."""
     new = folder is None
     folder = folder or new_folder()
-    hold(folder)
+    warning = hold(folder)
     sys.stdout = Tee(sys.stdout, os.path.join(folder, "log.txt"))
+    if warning:
+        print(warning)
     if new:
         with open(os.path.join(folder, "command.sh"), "w") as f:
             f.write(" ".join(shlex.quote(a) for a in ["python"] + sys.argv) + "\n")

@@ -199,11 +199,19 @@ def config_differences(saved, current, keys):
 
 def _user_set(sacred_run, exclude=()):
     """The keys a named config changed or the command line set (to any value: sacred counts
-    as modified only a value that differs from the default)."""
+    as modified only a value that differs from the default), each as deep as given: not
+    ``margs`` for ``margs.kl_min`` (sacred marks both)."""
     given = {update.split("=", 1)[0] for update in
              sacred_run.meta_info.get("options", {}).get("UPDATE") or []}
-    return {k for k in sacred_run.config_modifications.modified | given
-            if k.split(".")[0] not in exclude}
+    keys = sacred_run.config_modifications.modified | given
+    return {k for k in keys if k.split(".")[0] not in exclude
+            and not any(other.startswith(k + ".") for other in keys)}
+
+
+def _canonical(options):
+    """``options`` as `RunConfig` holds them (names in lower case, shortcuts resolved), so
+    that spellings of one setting compare equal."""
+    return RunConfig.from_options(options).as_dict()
 
 
 def command_settings(config, sacred_run, processes, from_run=keys_of("model")):
@@ -211,10 +219,10 @@ def command_settings(config, sacred_run, processes, from_run=keys_of("model")):
     process). If ``load_model_path`` is a run folder of this project, its saved
     ``from_run`` keys replace the defaults; given values that contradict saved model
     options are refused."""
-    cfg = plain(config)
+    cfg = _canonical(config)
     saved = saved_config(cfg["load_model_path"]) if processes.is_main else None
     if saved is not None:
-        saved = {**ADDED_SETTINGS, **saved}
+        saved = _canonical({**ADDED_SETTINGS, **saved})
         given = _user_set(sacred_run)
         differences = config_differences(saved, cfg, {k for k in given
                                                       if k.split(".")[0] in keys_of("model")})
@@ -229,7 +237,7 @@ def resumed_settings(saved, cfg, sacred_run, folder):
     """The `RunConfig` of the run in ``folder`` (``saved``: the settings its checkpoint
     holds), with those a resumed run may change taken from ``cfg`` where given; other
     given values that contradict the saved ones are refused."""
-    current, saved = cfg.as_dict(), {**ADDED_SETTINGS, **saved, "resume": folder}
+    current, saved = cfg.as_dict(), _canonical({**ADDED_SETTINGS, **saved, "resume": folder})
     may_change = keys_of(MAY_CHANGE)
     differences = config_differences(saved, current,
                                      _user_set(sacred_run, ("resume", "seed") + may_change))
