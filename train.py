@@ -32,8 +32,9 @@ from models.run.checkpoint import CheckpointError
 from models.run.folder import FolderInUse, open_folder
 from models.run.report import Progress, ReportError, report, stop_on_signals
 from models.run.resume import LoopState, restore_training_state, save_run, saved_run
-from models.run.settings import (RunConfig, check_known, command_settings, keys_of,
-                                 option_docs, sacred_defaults, with_shortcuts_resolved)
+from models.run.settings import (FROM_RUN, RunConfig, check_known, command_settings,
+                                 keys_of, option_docs, sacred_defaults,
+                                 with_shortcuts_resolved)
 from models.run.step import NonFiniteStep, TrainingStep
 from models.run.start import build_model, build_trainer, get_data, initialise
 from models.run.processes import ParallelError, Processes
@@ -211,8 +212,7 @@ def training_loop(cfg, folder, state, trainer, train_x, test_x, sacred_run, stop
 def trained_model(config, sacred_run):
     """The settings and the trainer with the weights of ``load_model_path``, for a command
     that inspects it (on the data the run used, unless told otherwise)."""
-    cfg = command_settings(config, sacred_run, processes,
-                           keys_of("model", "data", "precision"))
+    cfg = command_settings(config, sacred_run, processes, keys_of(*FROM_RUN))
     if cfg.load_model_path is None:
         raise Error("this command needs load_model_path=DIR, a folder with "
                     "weights.ndict.tar.gz (a run folder of this project, or the original's)")

@@ -144,14 +144,14 @@ def measure(name, precision, n_steps, n_batch, started, weights_path=None):
     import numpy as np
 
     from layers.ops import onednn
-    from models.resnet_vae import ResNetVAE
     from models.run.settings import RunConfig
+    from models.run.start import build_trainer
     from models.run.step import TrainingStep
     from models.run.weights import save_ndict
-    from models.trainer import Trainer
     from train import processes, resolved_config
 
-    model = Trainer(ResNetVAE(RunConfig.from_options(resolved_config(name)).model), precision)
+    model = build_trainer(RunConfig.from_options(
+        resolved_config(name, seed=0, conv_precision=precision)))
     train_step = TrainingStep(model, processes)  # the training loop's step, as it runs it
     x = np.random.RandomState(0).randint(0, 256, (n_batch, 3, 32, 32)).astype(np.uint8)
     images = range(n_batch)
@@ -209,14 +209,13 @@ def evaluate_first_minibatch(name, precision, n_batch, weights_path):
     """Runs in a child process: what `train.py evaluate` does up to its first number."""
     import numpy as np
 
-    from models.resnet_vae import ResNetVAE
     from models.run.settings import RunConfig
+    from models.run.start import build_trainer
     from models.run.weights import load_ndict
-    from models.trainer import Trainer
     from train import resolved_config
 
-    config = RunConfig.from_options(resolved_config(name)).model
-    model = Trainer(ResNetVAE(config, draw_weights=False), precision)
+    cfg = RunConfig.from_options(resolved_config(name, seed=0, conv_precision=precision))
+    model = build_trainer(cfg, draw_weights=False)
     model.state.set_weights(load_ndict(weights_path))
     x = np.random.RandomState(1).randint(0, 256, (n_batch, 3, 32, 32)).astype(np.uint8)
     return {"cost": float(model.evaluate(x, model.noise("eval", 0, range(n_batch)))["cost"].mean())}

@@ -25,16 +25,16 @@ class TrainingState:
         """Every parameter (or its average) as a ``name -> array`` dict of copies."""
         return (self.avg_params if averaged else self.params).values()
 
-    def set_weights(self, values, complete=True, which=("params", "avg_params"), source=None):
-        """Load a name -> array dict into the parameters (and their averages).
+    def set_weights(self, values, complete=True, source=None):
+        """Load a name -> array dict into the parameters and their averages.
 
         Names in ``values`` the model does not have are ignored, as by the original; a
         parameter missing from ``values`` is an error unless ``complete=False``. An error
         says which model options the weights (from file ``source``) seem to differ in.
         """
         missing = check_weights_fit(values, self.params.shapes, complete, source)
-        for target in which:
-            getattr(self, target).set_values(values)
+        for target in (self.params, self.avg_params):
+            target.set_values(values)
         return missing
 
     def arrays(self):

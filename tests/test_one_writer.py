@@ -16,7 +16,7 @@ import pytest
 from models.run.checkpoint import load_checkpoint
 from models.run.folder import hold
 from models.run.weights import load_ndict, save_ndict
-from runs import patched_train, wait_for_checkpoints
+from runs import TRAIN_PY, patched_train, wait_for_checkpoints
 from test_parallel import MPIEXEC, mpiexec
 from test_resume import TINY, assert_same_run, command, run, uninterrupted
 
@@ -24,7 +24,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RESUMED = ["n_epochs=10"]  # two more epochs than the finished TINY run
 # TINY's model and data, checkpointing at the end of each epoch only.
 EPOCHS = [a for a in TINY if a.split("=")[0] not in ("n_epochs", "checkpoint_minutes")]
-TRAIN_PY = str(ROOT / "train.py")
 # Another process that holds a folder the way a run does, until its stdin closes.
 HOLDER = ("import sys; from models.run.folder import hold; hold(sys.argv[1]); "
           "print('held', flush=True); sys.stdin.read()")

@@ -4,7 +4,9 @@ Model code writes ``conv(elu(x))``. When a compiled graph holds our ELU op feedi
 convolution op, Theano's optimiser (with these rewrites registered) gives the convolution
 ``x`` itself and the option to apply ELU while it reads it, and in the gradient, where
 ``ELUGrad`` would multiply the convolution's input gradient by ELU's slope, lets the
-input-gradient pass do that multiplication: one pass over memory less each time.
+input-gradient pass do that multiplication. ELU's output is then no graph variable kept
+from the forward pass to the backward pass: the passes that read it compute it from ``x``
+(the weight-gradient pass again), which saves its memory, not passes over memory.
 """
 from ..runtime.backend import gof, theano
 from .elementwise import ELU, ELUGrad

@@ -197,21 +197,25 @@ def config_differences(saved, current, keys):
             if plain(lookup(saved, k)) != plain(lookup(current, k))]
 
 
-def _user_set(sacred_run, exclude=()):
+def _user_set(sacred_run):
     """The keys a named config changed or the command line set (to any value: sacred counts
     as modified only a value that differs from the default), each as deep as given: not
     ``margs`` for ``margs.kl_min`` (sacred marks both)."""
     given = {update.split("=", 1)[0] for update in
              sacred_run.meta_info.get("options", {}).get("UPDATE") or []}
     keys = sacred_run.config_modifications.modified | given
-    return {k for k in keys if k.split(".")[0] not in exclude
-            and not any(other.startswith(k + ".") for other in keys)}
+    return {k for k in keys if not any(other.startswith(k + ".") for other in keys)}
 
 
 def _canonical(options):
     """``options`` as `RunConfig` holds them (names in lower case, shortcuts resolved), so
     that spellings of one setting compare equal."""
     return RunConfig.from_options(options).as_dict()
+
+
+def _canonical_saved(options):
+    """Settings a run folder saved, canonical, with those it predates at its version's value."""
+    return _canonical({**ADDED_SETTINGS, **options})
 
 
 def command_settings(config, sacred_run, processes, from_run=keys_of("model")):
@@ -222,7 +226,7 @@ def command_settings(config, sacred_run, processes, from_run=keys_of("model")):
     cfg = _canonical(config)
     saved = saved_config(cfg["load_model_path"]) if processes.is_main else None
     if saved is not None:
-        saved = _canonical({**ADDED_SETTINGS, **saved})
+        saved = _canonical_saved(saved)
         given = _user_set(sacred_run)
         differences = config_differences(saved, cfg, {k for k in given
                                                       if k.split(".")[0] in keys_of("model")})
@@ -237,12 +241,11 @@ def resumed_settings(saved, cfg, sacred_run, folder):
     """The `RunConfig` of the run in ``folder`` (``saved``: the settings its checkpoint
     holds), with those a resumed run may change taken from ``cfg`` where given; other
     given values that contradict the saved ones are refused."""
-    current, saved = cfg.as_dict(), _canonical({**ADDED_SETTINGS, **saved, "resume": folder})
-    may_change = keys_of(MAY_CHANGE)
-    differences = config_differences(saved, current,
-                                     _user_set(sacred_run, ("resume", "seed") + may_change))
+    current, saved = cfg.as_dict(), _canonical_saved({**saved, "resume": folder})
+    may_change, given = keys_of(MAY_CHANGE), _user_set(sacred_run)
+    differences = config_differences(saved, current, {
+        k for k in given if k.split(".")[0] not in ("resume", "seed") + may_change})
     if differences:
         raise ConfigError(f"the config contradicts the run in {folder}: {'; '.join(differences)}")
-    given = _user_set(sacred_run)
     saved.update({k: current[k] for k in may_change if k in given})
     return RunConfig.from_options(saved)
